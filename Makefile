@@ -1,0 +1,38 @@
+# make train | make test | make bench | make lint — each sets up .venv first (idempotent)
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PYTHON VENV
+
+# extra Hydra overrides for `make train`, e.g. make train ARGS="trainer.max_epochs=5"
+ARGS ?=
+# pytest arguments for `make test`, e.g. make test PYTEST_ARGS="-m 'not slow'"
+PYTEST_ARGS ?=
+
+.PHONY: setup train test test-fast lint format clean
+
+setup:
+	@bash scripts/setup_env.sh
+
+train: setup
+	@set -o pipefail; $(VENV)/bin/pointseg-train $(ARGS) | tee .train.log
+	@best=$$(sed -n 's/^best_ckpt: //p' .train.log | tail -n 1); rm -f .train.log; \
+	  test -n "$$best" || { echo "no best checkpoint was written"; exit 1; }; \
+	  $(VENV)/bin/pointseg-eval ckpt_path="$$best"
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check pointseg tests scripts
+	$(VENV)/bin/ruff format --check pointseg tests scripts
+
+format: setup
+	$(VENV)/bin/ruff format pointseg tests scripts
+	$(VENV)/bin/ruff check --fix pointseg tests scripts
+
+clean:
+	rm -rf logs .pytest_cache

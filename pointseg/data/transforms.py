@@ -1,0 +1,203 @@
+"""Small callables on a sample dict (the Pointcept vocabulary).
+
+A raw sample holds ``coord (N, 3) f32``, optional ``color (N, 3) f32 in [0, 1]``,
+``normal``, ``strength`` and ``segment (N,) i64`` (ignore = -1). Geometric transforms
+change ``coord`` (and ``normal``); ``Voxelize`` turns the sample into the network's
+input: ``grid_coord``, ``feat``, ``inverse`` and ``segment``. Transforms never mutate
+the arrays they are given: they return new arrays in a shallow copy of the dict.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from pointseg.data.voxelize import Mode, voxelize
+
+Sample = dict[str, Any]
+
+
+class Compose:
+    def __init__(self, transforms: Sequence[Callable[[Sample], Sample]]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, sample: Sample) -> Sample:
+        for t in self.transforms:
+            sample = t(sample)
+        return sample
+
+
+class _Random:
+    """Base for random transforms.
+
+    The generator is created lazily in the process that uses it. In a DataLoader worker
+    it is seeded from the worker's torch seed (distinct per worker and per epoch, and
+    reproducible under ``seed_everything``); in the main process from ``seed`` or else
+    ``torch.initial_seed()``. Without this every worker would replay the same draws.
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._seed = seed
+        self._rng: np.random.Generator | None = None
+        self._owner: tuple[int, int | None] | None = None
+
+    @property
+    def rng(self) -> np.random.Generator:
+        info = torch.utils.data.get_worker_info()
+        owner = (os.getpid(), None if info is None else info.seed)
+        if self._rng is None or owner != self._owner:
+            if info is not None:
+                base = info.seed if self._seed is None else self._seed + info.id
+            else:
+                base = torch.initial_seed() if self._seed is None else self._seed
+            salt = zlib.crc32(type(self).__name__.encode())
+            self._rng = np.random.default_rng([base % 2**63, salt])
+            self._owner = owner
+        return self._rng
+
+
+class RandomRotateZ(_Random):
+    def __init__(self, *, max_angle: float = np.pi, p: float = 1.0, seed: int | None = None):
+        super().__init__(seed)
+        self.max_angle, self.p = max_angle, p
+
+    def __call__(self, sample: Sample) -> Sample:
+        if self.rng.random() >= self.p:
+            return sample
+        a = self.rng.uniform(-self.max_angle, self.max_angle)
+        c, s = np.cos(a), np.sin(a)
+        rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=np.float32)
+        out = dict(sample)
+        out["coord"] = sample["coord"] @ rot.T
+        if "normal" in sample:
+            out["normal"] = sample["normal"] @ rot.T
+        return out
+
+
+class RandomFlip(_Random):
+    """Mirror x and/or y, each with probability ``p``."""
+
+    def __init__(self, *, p: float = 0.5, seed: int | None = None) -> None:
+        super().__init__(seed)
+        self.p = p
+
+    def __call__(self, sample: Sample) -> Sample:
+        sign = np.where(self.rng.random(2) < self.p, -1.0, 1.0).astype(np.float32)
+        if (sign == 1).all():
+            return sample
+        mult = np.array([sign[0], sign[1], 1.0], dtype=np.float32)
+        out = dict(sample)
+        out["coord"] = sample["coord"] * mult
+        if "normal" in sample:
+            out["normal"] = sample["normal"] * mult
+        return out
+
+
+class RandomScale(_Random):
+    def __init__(self, *, low: float = 0.9, high: float = 1.1, seed: int | None = None) -> None:
+        super().__init__(seed)
+        self.low, self.high = low, high
+
+    def __call__(self, sample: Sample) -> Sample:
+        out = dict(sample)
+        out["coord"] = sample["coord"] * np.float32(self.rng.uniform(self.low, self.high))
+        return out
+
+
+class RandomJitter(_Random):
+    """Gaussian noise on coordinates, clipped so no point moves more than ``clip`` metres."""
+
+    def __init__(self, *, sigma: float = 0.005, clip: float = 0.02, seed: int | None = None):
+        super().__init__(seed)
+        self.sigma, self.clip = sigma, clip
+
+    def __call__(self, sample: Sample) -> Sample:
+        noise = self.rng.normal(0.0, self.sigma, sample["coord"].shape).astype(np.float32)
+        out = dict(sample)
+        out["coord"] = sample["coord"] + np.clip(noise, -self.clip, self.clip)
+        return out
+
+
+class ChromaticJitter(_Random):
+    """Per-point colour noise, result kept in [0, 1]."""
+
+    def __init__(self, *, std: float = 0.02, p: float = 0.95, seed: int | None = None) -> None:
+        super().__init__(seed)
+        self.std, self.p = std, p
+
+    def __call__(self, sample: Sample) -> Sample:
+        if "color" not in sample or self.rng.random() >= self.p:
+            return sample
+        noise = self.rng.normal(0.0, self.std, sample["color"].shape).astype(np.float32)
+        out = dict(sample)
+        out["color"] = np.clip(sample["color"] + noise, 0.0, 1.0)
+        return out
+
+
+class AddHeight:
+    """``height (N, 1)``: metres above the lowest point, a cheap feature for floor/ceiling."""
+
+    def __call__(self, sample: Sample) -> Sample:
+        z = sample["coord"][:, 2:3]
+        out = dict(sample)
+        out["height"] = (z - z.min()).astype(np.float32)
+        return out
+
+
+class Voxelize(_Random):
+    """Quantise and assemble the network input.
+
+    ``mode="train"`` keeps one random point per voxel (the points seen by the loss are the
+    kept points, so ``inverse`` is the identity). ``mode="mean"`` averages features per
+    voxel and keeps every input point: ``inverse (N,)`` maps each to its voxel and
+    ``segment (N,)`` stays at full resolution, so metrics skip no point.
+    """
+
+    def __init__(
+        self,
+        *,
+        voxel_size: float,
+        feat_keys: Sequence[str] = ("color",),
+        mode: Mode = "mean",
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(seed)
+        self.voxel_size, self.feat_keys, self.mode = voxel_size, tuple(feat_keys), mode
+
+    def _features(self, sample: Sample) -> np.ndarray:
+        n = sample["coord"].shape[0]
+        parts = []
+        for key in self.feat_keys:
+            if key not in sample:
+                raise KeyError(
+                    f"feature '{key}' is not in the sample (has: {sorted(sample)}); "
+                    "fix data.feat_keys or add a transform that provides it"
+                )
+            arr = np.asarray(sample[key], dtype=np.float32).reshape(n, -1)
+            parts.append(arr)
+        return np.concatenate(parts, axis=1)
+
+    def __call__(self, sample: Sample) -> Sample:
+        coord = sample["coord"]
+        feat = self._features(sample)
+        vox = voxelize(coord, feat, voxel_size=self.voxel_size, mode=self.mode, seed=self.rng)
+        out: Sample = {"grid_coord": vox.grid_coord, "feat": vox.features}
+        segment = sample.get("segment")
+        if self.mode == "train":
+            out["inverse"] = np.arange(len(vox.index), dtype=np.int64)
+            if segment is not None:
+                out["segment"] = np.asarray(segment)[vox.index]
+        else:
+            out["inverse"] = vox.inverse
+            if segment is not None:
+                out["segment"] = np.asarray(segment)
+        if segment is not None and len(segment) != coord.shape[0]:
+            raise ValueError(
+                f"segment has {len(segment)} labels but coord has {coord.shape[0]} points"
+            )
+        return out

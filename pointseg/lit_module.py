@@ -1,0 +1,119 @@
+"""LightningModule: cross-entropy on points, confusion-matrix metrics, optimiser set-up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from pointseg.metrics import ConfusionMatrix, SegmentationScores, scores
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., Any]
+
+
+class SegmentationModule(pl.LightningModule):
+    """Trains a voxel network with a point-level loss.
+
+    The network labels voxels; ``logits[inverse]`` gives every point its voxel's logits,
+    so loss and metrics are computed on points (the kept points in training, every
+    original point in validation and test).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        num_classes: int,
+        class_names: Sequence[str],
+        ignore_index: int = -1,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        class_weights: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if len(class_names) != num_classes:
+            raise ValueError(
+                f"class_names has {len(class_names)} names but num_classes is {num_classes}"
+            )
+        self.net = net
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.class_names = list(class_names)
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        weight = None
+        if class_weights is not None:
+            if len(class_weights) != num_classes:
+                raise ValueError(
+                    f"class_weights has {len(class_weights)} entries, expected {num_classes}"
+                )
+            weight = torch.as_tensor(list(class_weights), dtype=torch.float32)
+        self.criterion = nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
+        self.val_cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
+        self.test_cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
+        # the composed run config, stored in every checkpoint so eval rebuilds the model
+        self.run_config: dict[str, Any] | None = None
+        self.last_scores: dict[str, SegmentationScores] = {}
+
+    def forward(self, batch: dict[str, Any]) -> Tensor:
+        """Point logits ``(N, K)`` for the points indexed by ``batch['inverse']``."""
+        voxel_logits = self.net(batch["feat"], batch["indices"], batch["batch_size"])  # (M, K)
+        return voxel_logits[batch["inverse"]]  # (N, K)
+
+    def model_step(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        logits = self(batch)
+        loss = self.criterion(logits.float(), batch["segment"])
+        return loss, logits
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        loss, _ = self.model_step(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["batch_size"])
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val", self.val_cm)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.test_cm)
+
+    def _eval_step(self, batch: dict[str, Any], stage: str, cm: ConfusionMatrix) -> None:
+        loss, logits = self.model_step(batch)
+        cm.update(logits.argmax(1), batch["segment"])
+        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=batch["batch_size"])
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val", self.val_cm)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test", self.test_cm)
+
+    def _log_scores(self, stage: str, cm: ConfusionMatrix) -> None:
+        confmat = cm.compute()  # all-reduced across processes
+        cm.reset()
+        sc = scores(confmat)
+        self.last_scores[stage] = sc
+        self.log(f"{stage}/miou", sc.miou, prog_bar=True)
+        self.log(f"{stage}/macc", sc.macc)
+        self.log(f"{stage}/allacc", sc.allacc)
+        for name, iou in zip(self.class_names, sc.iou.tolist(), strict=True):
+            self.log(f"{stage}/iou/{name}", iou)
+        self.last_confmat = confmat.cpu()
+
+    def configure_optimizers(self) -> Any:
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            # norms and biases are not decayed (standard for AdamW/SGD on conv nets)
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        opt = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        if not self.scheduler_factory:
+            return opt
+        sched = self.scheduler_factory(opt, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_config is not None:
+            checkpoint["pointseg_config"] = self.run_config

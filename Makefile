@@ -9,7 +9,7 @@ ARGS ?=
 # pytest arguments for `make test`, e.g. make test PYTEST_ARGS="-m 'not slow'"
 PYTEST_ARGS ?=
 
-.PHONY: setup train test test-fast lint format clean
+.PHONY: setup train test test-fast bench lint format clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -25,6 +25,9 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) scripts/bench_voxelize.py
 
 lint: setup
 	$(VENV)/bin/ruff check pointseg tests scripts

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# small enough for a CPU smoke run, but through the real configs
+TINY = [
+    "data.train_dataset.num_scenes=2",
+    "data.val_dataset.num_scenes=2",
+    "data.test_dataset.num_scenes=2",
+    "data.batch_size=2",
+    "data.val_batch_size=2",
+]
+
+
+@pytest.fixture
+def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
+    """Compose a real config (train or eval) with run paths inside ``tmp_path``."""
+
+    def _compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=overrides or [])
+        with open_dict(cfg):
+            cfg.paths.root_dir = str(tmp_path)
+            cfg.paths.output_dir = str(tmp_path / "run")
+            cfg.paths.log_dir = str(tmp_path / "logs")
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()

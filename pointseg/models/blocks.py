@@ -1,0 +1,129 @@
+"""Building blocks of the sparse U-Net: conv factories, conv + BN + ReLU units, residual blocks.
+
+Every sparse conv is built by the factories below: bias-free (in eval mode a CPU sparse conv with
+kernel > 1 hands its bias to a kernel that asserts "cpu don't support act and bias"; BatchNorm
+follows anyway) and with ``spconv_compat.default_algo()`` (Native without CUDA). ``spconv_compat``
+is imported first: it patches spconv.
+"""
+
+from __future__ import annotations
+
+import spconv.pytorch as spconv
+from torch import nn
+
+from pointseg.models import spconv_compat as compat  # first: patches spconv
+
+# Pointcept's SpUNet uses eps=1e-3, momentum=0.01. A few large scenes per batch give noisy batch
+# statistics, so running stats should average over many steps; 0.02 still lets them settle within
+# a few hundred steps, which matters for short runs evaluated in eval mode.
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.02
+
+
+def subm_conv3d(in_ch: int, out_ch: int, kernel: int, *, indice_key: str) -> nn.Module:
+    """Submanifold conv: output sites == input sites, same row order; bias-free (see above)."""
+    return spconv.SubMConv3d(
+        in_ch,
+        out_ch,
+        kernel,
+        padding=kernel // 2,
+        bias=False,
+        indice_key=indice_key,
+        algo=compat.default_algo(),
+    )
+
+
+def strided_conv3d(in_ch: int, out_ch: int, *, indice_key: str) -> nn.Module:
+    """k=2, s=2 downsampling; its rulebook is stored under ``indice_key`` for the inverse conv."""
+    return spconv.SparseConv3d(
+        in_ch, out_ch, 2, stride=2, bias=False, indice_key=indice_key, algo=compat.default_algo()
+    )
+
+
+def inverse_conv3d(in_ch: int, out_ch: int, *, indice_key: str) -> nn.Module:
+    """Undo ``strided_conv3d(indice_key=...)``: back to its input sites, in their row order."""
+    return spconv.SparseInverseConv3d(
+        in_ch, out_ch, 2, indice_key=indice_key, bias=False, algo=compat.default_algo()
+    )
+
+
+def batch_norm(channels: int, *, momentum: float = BN_MOMENTUM) -> nn.BatchNorm1d:
+    """BatchNorm1d over the (M, C) feature rows of a sparse tensor."""
+    return nn.BatchNorm1d(channels, eps=BN_EPS, momentum=momentum)
+
+
+class ConvBNReLU(spconv.SparseModule):
+    """A sparse conv (subm / strided / inverse) followed by BatchNorm1d and ReLU on the features."""
+
+    def __init__(self, conv: nn.Module, out_channels: int, *, bn_momentum: float = BN_MOMENTUM):
+        super().__init__()
+        self.conv = conv
+        self.bn = batch_norm(out_channels, momentum=bn_momentum)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: spconv.SparseConvTensor) -> spconv.SparseConvTensor:
+        x = self.conv(x)  # (M', C_out): M' depends on the conv kind
+        return x.replace_feature(self.relu(self.bn(x.features)))
+
+
+class BasicBlock(spconv.SparseModule):
+    """Residual block of two 3x3x3 submanifold convs (ResNet "basic" block, as in MinkUNet34C).
+
+    out = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)). The shortcut is the identity, or a
+    1x1 projection + BN when the channel count changes. A 1x1 submanifold conv is a per-row matmul,
+    so the projection is an ``nn.Linear`` on the features (same maths, no rulebook, plain weights).
+    Sites and row order are unchanged. ``indice_key`` names the rulebook shared by every k=3 subm
+    conv of one resolution level, so it is computed once per forward.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        indice_key: str,
+        bn_momentum: float = BN_MOMENTUM,
+    ) -> None:
+        super().__init__()
+        self.conv1 = subm_conv3d(in_channels, out_channels, 3, indice_key=indice_key)
+        self.bn1 = batch_norm(out_channels, momentum=bn_momentum)
+        self.conv2 = subm_conv3d(out_channels, out_channels, 3, indice_key=indice_key)
+        self.bn2 = batch_norm(out_channels, momentum=bn_momentum)
+        self.relu = nn.ReLU(inplace=True)
+        self.proj: nn.Module | None = None
+        if in_channels != out_channels:
+            self.proj = nn.Sequential(
+                nn.Linear(in_channels, out_channels, bias=False),
+                batch_norm(out_channels, momentum=bn_momentum),
+            )
+
+    def forward(self, x: spconv.SparseConvTensor) -> spconv.SparseConvTensor:
+        identity = x.features  # (M, C_in)
+        if self.proj is not None:
+            identity = self.proj(identity)  # (M, C_out)
+        out = self.conv1(x)
+        out = out.replace_feature(self.relu(self.bn1(out.features)))  # (M, C_out)
+        out = self.conv2(out)
+        # Return conv2's tensor, not x: it carries the rulebook conv1 cached under indice_key.
+        return out.replace_feature(self.relu(self.bn2(out.features) + identity))  # (M, C_out)
+
+
+def residual_stack(
+    in_channels: int,
+    out_channels: int,
+    num_blocks: int,
+    *,
+    indice_key: str,
+    bn_momentum: float = BN_MOMENTUM,
+) -> spconv.SparseSequential:
+    """``num_blocks`` basic blocks; the first maps ``in_channels`` to ``out_channels``."""
+    blocks = [
+        BasicBlock(
+            in_channels if i == 0 else out_channels,
+            out_channels,
+            indice_key=indice_key,
+            bn_momentum=bn_momentum,
+        )
+        for i in range(num_blocks)
+    ]
+    return spconv.SparseSequential(*blocks)

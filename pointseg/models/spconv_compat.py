@@ -1,0 +1,180 @@
+"""The one place that patches and guards spconv 2.3.x for pointseg.
+
+Importing this module patches spconv (idempotently); ``blocks`` and ``sparse_unet`` import it
+first. Traps handled here (all measured with spconv 2.3.8, torch 2.13 CPU):
+
+- Backward calls ``torch.cuda.current_stream()`` unconditionally and asserts on a CPU-only torch:
+  the stream getter returns 0 without CUDA.
+- The CPU scatter-add behind every sparse conv with kernel > 1 (forward, and input gradients)
+  shares its row pointers between OpenMP threads: with more than one thread it silently adds rows
+  to the wrong outputs. It is replaced by ``Tensor.index_add_``.
+- Indices that are not C-contiguous are read as if they were (``nonzero().int()`` is column-major):
+  silently wrong rulebooks. ``sparse_tensor`` makes them contiguous.
+- float64 features are refused (the network is float32), as are duplicate voxels (the rulebook
+  hash keeps one of them) and a ``spatial_shape`` that vanishes at the coarsest level.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import spconv.pytorch as spconv
+import torch
+from spconv.core import ConvAlgo
+from spconv.core_cc.csrc.sparse import all as _spconv_cc
+from spconv.pytorch import cppcore
+from spconv.pytorch.conv import SparseConvolution
+from torch import Tensor, nn
+
+# spconv's originals, kept so the patch recognises every module that bound them by name.
+_ORIGINAL_GET_STREAM = getattr(cppcore.get_current_stream, "_pointseg_original", None)
+_ORIGINAL_GET_STREAM = _ORIGINAL_GET_STREAM or cppcore.get_current_stream
+_ORIGINAL_OPS = getattr(_spconv_cc.SpconvOps, "_pointseg_original", _spconv_cc.SpconvOps)
+
+
+def _get_current_stream() -> int:
+    """Like spconv's getter, but 0 (the "no stream" value its CPU kernels accept) without CUDA."""
+    if not torch.cuda.is_available():
+        return 0
+    return torch.cuda.current_stream().cuda_stream
+
+
+_get_current_stream._pointseg_original = _ORIGINAL_GET_STREAM  # type: ignore[attr-defined]
+
+
+class _SpconvOpsProxy:
+    """``SpconvOps`` with a thread-safe ``scatter_add_cpu``; every other op is spconv's own."""
+
+    _pointseg_original = _ORIGINAL_OPS
+
+    def __getattr__(self, name: str):
+        return getattr(_ORIGINAL_OPS, name)
+
+    @staticmethod
+    def scatter_add_cpu(out, inp, inds) -> None:
+        """out[inds[i]] += inp[i] for i < len(inds), on tensorview tensors (CPU, no copies)."""
+        rows = torch.from_numpy(inds.numpy_view()).long()  # (n,)
+        src = torch.from_numpy(inp.numpy_view())[: rows.shape[0]]  # (n, C); inp is a larger buffer
+        torch.from_numpy(out.numpy_view()).index_add_(0, rows, src)  # (M_out, C), in place
+
+
+_OPS_PROXY = _SpconvOpsProxy()
+
+
+def patch_spconv() -> None:
+    """Patch every loaded spconv module that bound ``get_current_stream`` or ``SpconvOps``.
+
+    spconv modules import both by name (ops, hash, utils, ...), so patching the defining module
+    alone would miss them; modules imported later bind the patched attribute. Idempotent.
+    """
+    patches = {"get_current_stream": (_ORIGINAL_GET_STREAM, _get_current_stream)}
+    patches["SpconvOps"] = (_ORIGINAL_OPS, _OPS_PROXY)
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("spconv") or module is None:
+            continue
+        for attr, (original, replacement) in patches.items():
+            if getattr(module, attr, None) is original:
+                setattr(module, attr, replacement)
+
+
+patch_spconv()
+
+
+def default_algo() -> ConvAlgo | None:
+    """Native (the only CPU algorithm) without CUDA, else None so spconv picks implicit GEMM.
+
+    Decided when a layer is built: a model built on a CUDA machine must run on CUDA tensors, or be
+    switched with ``set_conv_algo(model, ConvAlgo.Native)``. Layers sharing an ``indice_key`` must
+    use the same algorithm (spconv asserts it), which building them all with this guarantees.
+    """
+    return ConvAlgo.Native if not torch.cuda.is_available() else None
+
+
+def set_conv_algo(model: nn.Module, algo: ConvAlgo) -> nn.Module:
+    """Switch every sparse conv of ``model`` to ``algo`` in place (weights are KRSC for all)."""
+    for module in model.modules():
+        if isinstance(module, SparseConvolution):
+            module.algo = algo
+    return model
+
+
+def check_features(feat: Tensor, num_rows: int | None = None) -> None:
+    """Refuse features the network cannot take: not (M, C), or not float32 / float16."""
+    if not isinstance(feat, Tensor) or feat.dim() != 2:
+        raise ValueError(
+            f"features must be a 2-D tensor (M, C), got {getattr(feat, 'shape', feat)}"
+        )
+    if feat.dtype == torch.float64:
+        raise TypeError(
+            "float64 features are not supported: the network runs in float32 (its weights are "
+            "float32 and spconv is only validated here in float32). Cast with feat.float()."
+        )
+    if feat.dtype not in (torch.float32, torch.float16):
+        raise TypeError(f"features must be float32 (or float16), got {feat.dtype}")
+    if num_rows is not None and feat.shape[0] != num_rows:
+        raise ValueError(f"features have {feat.shape[0]} rows but indices have {num_rows}")
+
+
+def check_indices(indices: Tensor, batch_size: int | None = None, *, unique: bool = False) -> None:
+    """Validate voxel indices: int32, shape (M, 4) as [batch, x, y, z], non-negative.
+
+    ``unique=True`` also rejects repeated voxels, which spconv silently mishandles (its hash table
+    keeps one of them, so submanifold outputs of duplicates differ). Costs ~3 ms per 80k rows.
+    """
+    if not isinstance(indices, Tensor):
+        raise TypeError(f"indices must be a torch.Tensor, got {type(indices).__name__}")
+    if indices.dtype != torch.int32:
+        raise TypeError(f"indices must be int32 (spconv only supports int32), got {indices.dtype}")
+    if indices.dim() != 2 or indices.shape[1] != 4:
+        raise ValueError(f"indices must have shape (M, 4) [batch, x, y, z], got {indices.shape}")
+    if indices.shape[0] == 0:
+        raise ValueError("indices are empty: a sparse tensor needs at least one voxel")
+    if bool((indices < 0).any()):
+        raise ValueError("indices must be non-negative (shift coordinates to start at 0)")
+    if batch_size is not None:
+        top = int(indices[:, 0].max())
+        if batch_size < 1 or top >= batch_size:
+            raise ValueError(f"batch index {top} out of range for batch_size={batch_size}")
+    if unique and _count_unique_rows(indices) != indices.shape[0]:
+        raise ValueError(
+            "indices contain duplicate voxels: merge points per voxel (e.g. average their "
+            "features) before the network"
+        )
+
+
+def _count_unique_rows(indices: Tensor) -> int:
+    """Distinct (b, x, y, z) rows, via one int64 key per row (much faster than unique(dim=0))."""
+    rows = indices.long()  # (M, 4)
+    extent = [int(e) + 1 for e in rows.amax(dim=0).tolist()]
+    if extent[0] * extent[1] * extent[2] * extent[3] >= 2**63:
+        return int(torch.unique(indices, dim=0).shape[0])  # the key would overflow int64
+    key = ((rows[:, 0] * extent[1] + rows[:, 1]) * extent[2] + rows[:, 2]) * extent[3] + rows[:, 3]
+    return int(torch.unique(key).numel())
+
+
+def spatial_shape_for(indices: Tensor, levels: int) -> list[int]:
+    """Grid extent (x, y, z) for ``indices``, valid through ``levels`` k=2/s=2 downsamplings.
+
+    Max coordinate + 1, rounded up to a multiple of ``2**levels`` (at least ``2**levels``): each
+    downsampling halves it exactly, so the coarsest level keeps >= 1 cell per axis even for a flat
+    scene (all z == 0) or a single voxel, where spconv would fail with "out spatial shape ...
+    zero". That rounding is the only margin needed: submanifold convs never leave the input sites
+    and inverse convs reuse the stored rulebooks.
+    """
+    check_indices(indices)
+    if levels < 0:
+        raise ValueError(f"levels must be >= 0, got {levels}")
+    step = 2**levels
+    extent = indices[:, 1:].amax(dim=0).tolist()  # (3,) max x, y, z over the whole batch
+    return [(int(e) // step + 1) * step for e in extent]
+
+
+def sparse_tensor(
+    feat: Tensor, indices: Tensor, batch_size: int, *, levels: int
+) -> spconv.SparseConvTensor:
+    """Validated ``SparseConvTensor`` (contiguous, unique int32 indices) for ``levels`` levels."""
+    check_indices(indices, batch_size, unique=True)
+    check_features(feat, num_rows=indices.shape[0])
+    indices = indices.contiguous()  # spconv reads the raw buffer as row-major
+    shape = spatial_shape_for(indices, levels)
+    return spconv.SparseConvTensor(feat.contiguous(), indices, shape, batch_size)

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pointseg.metrics import format_table
-from pointseg.utils import write_json
+from pointseg.utils import CONF_DIR, write_json
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
 def _hydra_main(cfg: DictConfig) -> None:
     result = evaluate(cfg)
     split = result["split"]

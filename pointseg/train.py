@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from pointseg.metrics import format_table
-from pointseg.utils import find_last_checkpoint, write_json
+from pointseg.utils import CONF_DIR, find_last_checkpoint, write_json
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def print_summary(result: dict[str, Any]) -> None:
     print(f"run_dir: {result['run_dir']}")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
     print_summary(train(cfg))
 

@@ -41,3 +41,7 @@ def find_last_checkpoint(log_dir: str | Path, task_name: str = "train") -> Path:
             "give a checkpoint file with ckpt_path=<path/to/file.ckpt>"
         )
     return candidates[-1]
+
+
+# conf/ sits next to the package in the checkout (pointseg is installed editable)
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"

@@ -22,6 +22,7 @@ def test_fast_dev_run(compose_cfg) -> None:
 def test_short_run_writes_checkpoints_metrics_and_resumes(compose_cfg, tmp_path: Path) -> None:
     # constant LR: OneCycle's schedule is fixed to the first run's length
     common = [*TINY, "model/scheduler=none", "trainer.check_val_every_n_epoch=1"]
+    common.append("trainer.log_every_n_steps=1")
     cfg = compose_cfg("train", [*common, "trainer.max_epochs=2"])
     result = train(cfg)
     run_dir = Path(cfg.paths.output_dir)

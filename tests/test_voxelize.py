@@ -106,3 +106,12 @@ def test_bad_voxel_size_and_mode() -> None:
         voxelize(coord, voxel_size=0.0)
     with pytest.raises(ValueError, match="mode"):
         voxelize(coord, voxel_size=0.1, mode="max")  # type: ignore[arg-type]
+
+
+def test_huge_extent_falls_back_without_overflow() -> None:
+    # 1 mm voxels over ~2000 km: the ravelled key would overflow int64
+    coord = np.array([[0.0, 0.0, 0.0], [2.0e6, 2.0e6, 2.0e6], [0.0005, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    vox = voxelize(coord, np.arange(4.0)[:, None], voxel_size=0.001)
+    np.testing.assert_array_equal(vox.inverse, [0, 2, 0, 1])
+    np.testing.assert_array_equal(vox.counts, [2, 1, 1])
+    np.testing.assert_allclose(vox.features[:, 0], [1.0, 3.0, 1.0])

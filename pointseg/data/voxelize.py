@@ -89,9 +89,22 @@ def voxelize(
         raise ValueError(f"mode must be 'mean' or 'train', got {mode!r}")
     grid, origin = grid_coordinates(coord, voxel_size)
     dims = grid.max(axis=0) + 1  # (3,)
-    key = torch.from_numpy((grid[:, 0] * dims[1] + grid[:, 1]) * dims[2] + grid[:, 2])
-    ukey, inverse, counts = torch.unique(key, sorted=True, return_inverse=True, return_counts=True)
-    m = ukey.numel()
+    if float(dims[0]) * float(dims[1]) * float(dims[2]) >= 2**62:
+        # the ravelled key would overflow int64: sort rows instead (slower, same result)
+        rows, inverse, counts = torch.unique(
+            torch.from_numpy(grid), dim=0, sorted=True, return_inverse=True, return_counts=True
+        )
+        grid_coord = rows.numpy()
+    else:
+        key = torch.from_numpy((grid[:, 0] * dims[1] + grid[:, 1]) * dims[2] + grid[:, 2])
+        ukey, inverse, counts = torch.unique(
+            key, sorted=True, return_inverse=True, return_counts=True
+        )
+        uk = ukey.numpy()
+        grid_coord = np.stack(
+            [uk // (dims[1] * dims[2]), (uk // dims[2]) % dims[1], uk % dims[2]], 1
+        )
+    m = counts.numel()
 
     # points sorted by voxel; voxel v owns order[start[v] : start[v] + counts[v]]
     order = torch.argsort(inverse, stable=True)
@@ -102,9 +115,6 @@ def voxelize(
         index = order[start + offset]
     else:
         index = order[start]  # first point of each voxel in input order
-
-    uk = ukey.numpy()
-    grid_coord = np.stack([uk // (dims[1] * dims[2]), (uk // dims[2]) % dims[1], uk % dims[2]], 1)
 
     feats_out = None
     if features is not None:

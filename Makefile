@@ -1,4 +1,5 @@
 # make train | make test | make bench | make lint — each sets up .venv first (idempotent)
+SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -69,3 +69,17 @@ def test_eval_errors_name_the_file(compose_cfg, tmp_path: Path) -> None:
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="junk.ckpt"):
         evaluate(compose_cfg("eval", [f"ckpt_path={junk}"]))
+
+
+@pytest.mark.slow
+def test_real_training_run_reaches_target_and_eval_reproduces_it(compose_cfg, tmp_path) -> None:
+    """From scratch on synthetic rooms to val mIoU >= 0.80; eval of the checkpoint agrees."""
+    cfg = compose_cfg(
+        "train", ["experiment=synthetic_fast", "callbacks.progress_bar.refresh_rate=0"]
+    )
+    result = train(cfg)
+    assert result["val/miou"] >= 0.80, result
+    ecfg = compose_cfg("eval", [f"ckpt_path={result['best_ckpt']}"])
+    ecfg.paths.output_dir = str(tmp_path / "eval")
+    out = evaluate(ecfg)
+    assert abs(out["val/miou"] - result["val/miou"]) <= 0.01

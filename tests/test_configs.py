@@ -42,7 +42,8 @@ def test_optimizers_and_schedulers(compose_cfg, optimizer: str, scheduler: str) 
 def test_groups_compose(compose_cfg, group: str) -> None:
     for option in group_options(group):
         cfg = compose_cfg("train", [f"{group}={option}"])
-        if group == "trainer" and option == "gpu":
+        if group == "trainer" and option in ("gpu", "ddp"):
+            assert cfg.trainer.accelerator == "gpu"
             continue  # needs a GPU to instantiate
         if group in ("callbacks", "logger"):
             assert all(obj is not None for obj in instantiate_list(cfg.get(group)))

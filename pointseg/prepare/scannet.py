@@ -1,0 +1,251 @@
+"""``pointseg-prepare scannet src=<ScanNet v2> dst=data/scannet [labels=scannet20|scannet200]``.
+
+    src/scans/<scene>/<scene>_vh_clean_2.ply                 mesh: x y z red green blue + faces
+                      <scene>.aggregation.json               segGroups: label, objectId, segments
+                      <scene>_vh_clean_2.0.010000.segs.json  segIndices: one per vertex
+    src/scans_test/<scene>/<scene>_vh_clean_2.ply           (no labels)
+    src/scannetv2-labels.combined.tsv                        raw category -> ids (label_map=...)
+ -> dst/<split>/<scene>/coord.npy    (N, 3) float32, the mesh's vertices
+                        color.npy    (N, 3) float32 in [0, 1]
+                        normal.npy   (N, 3) float32, area-weighted vertex normals of the mesh
+                        segment.npy  (N,) int64, benchmark class index, -1 = ignore / test
+                        instance.npy (N,) int64, objectId, -1 where none
+
+``<split>`` is train/val/test from the official lists shipped with pointseg (or the
+``<name>.txt`` files of ``splits=<dir>``). A scene in no list is skipped with a warning that
+names it. Vertices in no segGroup, and groups whose category is not a benchmark class, get
+-1; where groups overlap, the later one wins.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pointseg.data.datasets.scannet_meta import LABEL_SETS, SPLITS_DIR
+from pointseg.data.scenes import write_scene
+from pointseg.prepare.common import PrepareError, SceneJob, run_jobs
+
+log = logging.getLogger(__name__)
+
+LABEL_MAP = "scannetv2-labels.combined.tsv"
+UNLABELLED_SPLITS = ("test",)  # the benchmark's hidden test scenes come without annotations
+
+
+def prepare(
+    src: Path,
+    dst: Path,
+    *,
+    workers: int = 1,
+    overwrite: bool = False,
+    labels: str = "scannet20",
+    splits: str | None = None,
+    label_map: str | None = None,
+) -> dict[str, int]:
+    """Convert every scene under ``src`` that is in a split list; returns the counts."""
+    src, dst = Path(src), Path(dst)
+    if labels not in LABEL_SETS:
+        raise PrepareError(f"labels={labels} is unknown; use one of {sorted(LABEL_SETS)}")
+    scenes = find_scenes(src)
+    split_of = read_splits(Path(splits) if splits else SPLITS_DIR)
+    unsplit = sorted(set(scenes) - set(split_of))
+    if unsplit:
+        log.warning(
+            "%d scene(s) under %s are in no split list and are skipped: %s; give them a "
+            "split with splits=<dir of <split>.txt lists>",
+            len(unsplit), src, ", ".join(unsplit[:20]) + (" ..." if len(unsplit) > 20 else ""),
+        )  # fmt: skip
+    chosen = sorted(s for s in scenes if s in split_of)
+    if not chosen:
+        raise PrepareError(f"none of the {len(scenes)} scenes under {src} is in a split list")
+    labelled = [s for s in chosen if split_of[s] not in UNLABELLED_SPLITS]
+    # raw category -> class index; only labelled scenes need the tsv
+    class_of = read_label_map(find_label_map(src, label_map), labels) if labelled else {}
+    jobs = [
+        SceneJob(
+            name=f"{split_of[s]}/{s}",
+            output=dst / split_of[s] / s,
+            inputs=(scenes[s],),
+            options={
+                "class_of": class_of if split_of[s] not in UNLABELLED_SPLITS else None,
+                "labels": labels,
+            },
+        )
+        for s in chosen
+    ]
+    return run_jobs(
+        jobs, convert_scene, dst=dst, workers=workers, overwrite=overwrite, desc="ScanNet scenes"
+    )
+
+
+def find_scenes(src: Path) -> dict[str, Path]:
+    """Scene name -> folder, from ``src/scans`` and ``src/scans_test`` (or ``src`` itself)."""
+    roots = [src / "scans", src / "scans_test"]
+    roots = [r for r in roots if r.is_dir()] or [src]
+    scenes = {p.name: p for r in roots for p in sorted(r.glob("scene*_*")) if p.is_dir()}
+    if not scenes:
+        raise PrepareError(
+            f"no scene folders (scans/sceneXXXX_XX) under {src}; src must be the ScanNet v2 "
+            "root that holds scans/ (and scans_test/)"
+        )
+    return scenes
+
+
+def read_splits(folder: Path) -> dict[str, str]:
+    """Scene -> split from every ``<split>.txt`` (``scannetv2_`` prefix dropped) in ``folder``."""
+    files = sorted(folder.glob("*.txt"))
+    if not files:
+        raise PrepareError(f"splits={folder} holds no <split>.txt scene lists")
+    split_of: dict[str, str] = {}
+    for path in files:
+        split = path.stem.removeprefix("scannetv2_")
+        for scene in path.read_text().split():
+            if scene in split_of and split_of[scene] != split:
+                raise PrepareError(
+                    f"{path}: {scene} is also in the {split_of[scene]} list; a scene may be "
+                    "in one split only"
+                )
+            split_of[scene] = split
+    return split_of
+
+
+def find_label_map(src: Path, label_map: str | None) -> Path:
+    # src may be the root (the download script puts the tsv there) or its scans/ folder
+    candidates = [Path(label_map)] if label_map else [src / LABEL_MAP, src.parent / LABEL_MAP]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise PrepareError(
+        f"{candidates[0]} does not exist; ScanNet's download script fetches it with "
+        f"--label_map. Put {LABEL_MAP} in src or pass label_map=<path>"
+    )
+
+
+def read_label_map(path: Path, labels: str) -> dict[str, int]:
+    """Raw category -> class index of ``labels`` (-1 for categories outside the benchmark)."""
+    column, valid_ids, _ = LABEL_SETS[labels]
+    index_of = {class_id: i for i, class_id in enumerate(valid_ids)}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t")
+        missing = {"raw_category", column} - set(reader.fieldnames or ())
+        if missing:
+            raise PrepareError(
+                f"{path} has no column(s) {sorted(missing)}; is it {LABEL_MAP} from ScanNet v2?"
+            )
+        class_of: dict[str, int] = {}
+        for row in reader:
+            raw, value = row["raw_category"], (row[column] or "").strip()
+            if raw in class_of:  # the first row of a category counts
+                continue
+            class_of[raw] = index_of.get(int(value), -1) if value.isdigit() else -1
+    return class_of
+
+
+def convert_scene(job: SceneJob) -> None:
+    folder = job.inputs[0]
+    scene = folder.name
+    ply = folder / f"{scene}_vh_clean_2.ply"
+    coord, color, faces = read_mesh(ply)
+    arrays = {"coord": coord, "color": color, "normal": vertex_normals(coord, faces)}
+    class_of = job.options["class_of"]
+    if class_of is None:  # a test scene
+        arrays["segment"] = np.full(len(coord), -1, dtype=np.int64)
+        arrays["instance"] = np.full(len(coord), -1, dtype=np.int64)
+    else:
+        arrays["segment"], arrays["instance"] = read_labels(folder, len(coord), class_of)
+    meta = {"dataset": "scannet", "source": str(folder), "labels": job.options["labels"]}
+    write_scene(job.output, arrays, meta)
+
+
+def read_mesh(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``coord (N, 3) f32, color (N, 3) f32 in [0, 1], faces (F, 3) int64`` of a PLY mesh."""
+    from plyfile import PlyData
+
+    if not path.is_file():
+        raise PrepareError(f"{path} is missing; download the scene's _vh_clean_2.ply again")
+    try:  # a fixed list length lets plyfile memory-map the faces instead of looping over them
+        ply = PlyData.read(str(path), known_list_len={"face": {"vertex_indices": 3}})
+        vertex, face = ply["vertex"].data, ply["face"].data
+        coord = np.stack([vertex[k] for k in ("x", "y", "z")], axis=1).astype(np.float32)
+        rgb = np.stack([vertex[k] for k in ("red", "green", "blue")], axis=1)
+        faces = face["vertex_indices"]  # (F, 3), or (F,) of arrays from an ASCII file
+        faces = np.stack(faces) if faces.dtype == object else faces
+        faces = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    except Exception as err:  # plyfile raises several types for damaged files
+        raise PrepareError(
+            f"cannot read the mesh {path} ({type(err).__name__}: {err}); it must be a "
+            "triangle mesh with x y z red green blue vertices: download it again"
+        ) from err
+    if rgb.dtype != np.uint8:  # scaled by 255 below: other encodings would be mis-scaled
+        raise PrepareError(f"{path}: vertex colours are {rgb.dtype}, expected 8-bit (uchar)")
+    if len(faces) and (faces.min() < 0 or faces.max() >= len(coord)):
+        raise PrepareError(f"{path}: a face refers to a vertex that does not exist")
+    return coord, (rgb / 255.0).astype(np.float32), faces
+
+
+def vertex_normals(coord: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted vertex normals ``(N, 3) f32``; (0, 0, 0) for a vertex in no face."""
+    v = coord.astype(np.float64)
+    a, b, c = v[faces[:, 0]], v[faces[:, 1]], v[faces[:, 2]]
+    face_normal = np.cross(b - a, c - a)  # (F, 3), length = 2 * area: the sum is area-weighted
+    normal = np.zeros_like(v)
+    for corner in range(3):
+        for axis in range(3):
+            normal[:, axis] += np.bincount(
+                faces[:, corner], weights=face_normal[:, axis], minlength=len(v)
+            )
+    length = np.linalg.norm(normal, axis=1, keepdims=True)
+    return np.divide(normal, length, out=np.zeros_like(normal), where=length > 0).astype(np.float32)
+
+
+def _load_json(path: Path) -> Any:
+    if not path.is_file():
+        raise PrepareError(
+            f"{path} is missing; labelled scenes need it (download it with ScanNet's script, "
+            "or list the scene under test in splits=<dir> to prepare it without labels)"
+        )
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise PrepareError(f"cannot read {path}: {err}; download it again") from err
+
+
+def read_labels(folder: Path, n: int, class_of: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``segment (N,), instance (N,)`` int64 of a scene's vertices from its segGroups."""
+    scene = folder.name
+    segs_path = folder / f"{scene}_vh_clean_2.0.010000.segs.json"
+    agg_path = folder / f"{scene}.aggregation.json"
+    seg_ids = np.asarray(_load_json(segs_path).get("segIndices", []), dtype=np.int64)
+    if len(seg_ids) != n:
+        raise PrepareError(
+            f"{segs_path}: segIndices has {len(seg_ids)} entries but the mesh has {n} vertices;"
+            " the files belong to different versions, download both again"
+        )
+    groups = _load_json(agg_path).get("segGroups")
+    if not isinstance(groups, list):
+        raise PrepareError(f"{agg_path} has no segGroups list; download it again")
+    uniq, inverse = np.unique(seg_ids, return_inverse=True)
+    label_lut = np.full(len(uniq), -1, dtype=np.int64)
+    instance_lut = np.full(len(uniq), -1, dtype=np.int64)
+    unknown = set()
+    for group in groups:  # later groups overwrite earlier ones where they overlap
+        try:
+            raw, segments = group["label"], np.asarray(group["segments"], dtype=np.int64)
+            object_id = int(group.get("objectId", group["id"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise PrepareError(f"{agg_path}: a segGroup lacks label/segments/objectId") from err
+        if raw not in class_of:
+            unknown.add(raw)
+        pos = np.searchsorted(uniq, segments)
+        hit = pos < len(uniq)
+        hit[hit] = uniq[pos[hit]] == segments[hit]  # segments no vertex has are ignored
+        label_lut[pos[hit]] = class_of.get(raw, -1)
+        instance_lut[pos[hit]] = object_id
+    if unknown:
+        log.warning("%s: categories not in the label map, ignored: %s", agg_path, sorted(unknown))
+    return label_lut[inverse], instance_lut[inverse]

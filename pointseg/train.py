@@ -12,6 +12,7 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
 
 from pointseg.metrics import format_table
 from pointseg.utils import CONF_DIR, find_last_checkpoint, write_json
@@ -63,7 +64,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if "val" in module.last_scores:
         # the table of the last validation; the best checkpoint's is in its eval
         result["last_val"] = _scores_dict(module.last_scores["val"], module.class_names)
-        print(format_table(module.last_scores["val"], module.class_names))
+        if trainer.is_global_zero:
+            print(format_table(module.last_scores["val"], module.class_names))
     if cfg.get("test") and not trainer.fast_dev_run:
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
         result["test"] = _scores_dict(module.last_scores["test"], module.class_names)
@@ -91,7 +93,9 @@ def print_summary(result: dict[str, Any]) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
-    print_summary(train(cfg))
+    result = train(cfg)
+    if rank_zero_only.rank == 0:  # under DDP every rank returns here; one summary is enough
+        print_summary(result)
 
 
 def main() -> None:

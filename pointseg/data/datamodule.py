@@ -10,12 +10,27 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader, Dataset
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pointseg.data.collate import collate
 from pointseg.data.transforms import Compose
 
 DatasetFactory = Callable[..., Dataset]
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Every sample exactly once across ranks (rank r takes r, r + W, ...).
+
+    Lightning's default sampler pads the last round with repeats, which would count some
+    validation scenes twice; the confusion matrices are summed, so shards may be uneven.
+    """
+
+    def __iter__(self):  # type: ignore[override]
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
 class SegmentationDataModule(pl.LightningDataModule):
@@ -92,10 +107,15 @@ class SegmentationDataModule(pl.LightningDataModule):
             self.dataset("test")
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        ds = self.dataset(split)
+        sampler = None
+        if not shuffle and dist.is_available() and dist.is_initialized():
+            sampler = UnpaddedDistributedSampler(ds, shuffle=False)
         return DataLoader(
-            self.dataset(split),
+            ds,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             drop_last=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -7,6 +7,8 @@ import importlib
 import sys
 from pathlib import Path
 
+from pointseg.prepare.common import PrepareError
+
 # dataset name -> module with ``prepare(src: Path, dst: Path, *, workers, overwrite, **opts)``
 PREPARERS = {
     "s3dis": "pointseg.prepare.s3dis",
@@ -59,6 +61,10 @@ def main(argv: list[str] | None = None) -> None:
         if "unexpected keyword" in str(err):
             ap.error(f"unknown option for {args.dataset}: {err}")
         raise
+    except (PrepareError, FileNotFoundError, ValueError) as err:
+        # the message names the file and the fix; a traceback would bury it
+        print(f"pointseg-prepare {args.dataset}: error: {err}", file=sys.stderr)
+        sys.exit(2)
     print(f"{args.dataset}: {counts} -> {dst}")
 
 

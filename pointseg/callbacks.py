@@ -1,0 +1,63 @@
+"""Checkpointing that survives crashes: periodic ``last.ckpt``, written atomically."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` to a hidden temporary file in the same folder, fsync, then rename.
+
+    A run killed while saving leaves the previous checkpoint intact, never a truncated one.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
+    ) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every ``every_n_train_steps`` steps and at the end of every epoch.
+
+    The best-model checkpoint is a separate callback; this one only keeps the newest state
+    (weights, optimizer, LR schedule, loops, RNG) so ``ckpt_path=last`` loses at most one
+    interval of work.
+    """
+
+    def __init__(self, dirpath: str | Path, *, every_n_train_steps: int = 100) -> None:
+        if every_n_train_steps < 1:
+            raise ValueError(f"every_n_train_steps must be >= 1, got {every_n_train_steps}")
+        super().__init__(
+            dirpath=dirpath,
+            save_top_k=0,
+            save_last=True,
+            every_n_train_steps=every_n_train_steps,
+            enable_version_counter=False,
+        )
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def state_key(self) -> str:  # distinct from the best-model callback's key
+        return f"LastCheckpoint{{dirpath={self.dirpath}}}"

@@ -59,5 +59,6 @@ class LastCheckpoint(ModelCheckpoint):
         if not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    @property
     def state_key(self) -> str:  # distinct from the best-model callback's key
         return f"LastCheckpoint{{dirpath={self.dirpath}}}"

@@ -112,3 +112,13 @@ def test_same_seed_same_metrics(compose_cfg, tmp_path: Path) -> None:
     wa = torch.load(a["best_ckpt"], weights_only=False)["state_dict"]
     wb = torch.load(b["best_ckpt"], weights_only=False)["state_dict"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_checkpoints_load_with_weights_only(compose_cfg) -> None:
+    """Lightning resumes with ``weights_only=True``: nothing but plain data may be pickled."""
+    overrides = [*TINY, "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1", "logger=none"]
+    result = train(compose_cfg("train", overrides))
+    run = Path(result["run_dir"]) / "checkpoints"
+    for name in ("best.ckpt", "last.ckpt"):
+        ckpt = torch.load(run / name, map_location="cpu", weights_only=True)
+        assert ckpt["pointseg_config"]["data"]["num_classes"] == 9

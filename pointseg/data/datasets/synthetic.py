@@ -19,23 +19,22 @@ Coordinates are metres with the floor at z = 0 and the room in x, y >= 0.
 from __future__ import annotations
 
 import colorsys
-import inspect
 import math
-import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
-import torch
 
 from pointseg.data.datasets import _shapes as S
+from pointseg.data.datasets.generated import SPLITS, GeneratedScenes, scene_seed
+
+__all__ = ["CLASS_NAMES", "SPLITS", "SyntheticRooms", "generate_room", "scene_seed"]
 
 CLASS_NAMES: tuple[str, ...] = (
     "floor", "wall", "ceiling", "table", "chair", "sofa", "cabinet", "bed", "clutter",
 )  # fmt: skip
 FLOOR, WALL, CEILING, TABLE, CHAIR, SOFA, CABINET, BED, CLUTTER = range(len(CLASS_NAMES))
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 _MATERIALS: dict[str, tuple[float, float, float]] = {
     "light_wood": (0.72, 0.56, 0.38), "mid_wood": (0.55, 0.38, 0.22),
@@ -495,80 +494,8 @@ def generate_room(
     }
 
 
-def _split_id(split: str) -> int:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    return SPLITS.index(split)
-
-
-def scene_seed(seed: int, split: str, index: int) -> int:
-    """Seed of scene ``index`` of ``split``: a 61-bit hash of (seed, index) with the split in
-    the two low bits, so the three splits can never share a scene seed."""
-    sid = _split_id(split)
-    seed, index = operator.index(seed), operator.index(index)
-    if seed < 0 or index < 0:
-        raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
-    hi, lo = np.random.SeedSequence([seed, index]).generate_state(2, np.uint32)
-    return ((int(hi) << 32 | int(lo)) >> 3) << 2 | sid
-
-
-_ROOM_KNOBS = frozenset(p for p in inspect.signature(generate_room).parameters if p != "seed")
-
-
-class _IndexOutOfRange(IndexError, ValueError):
-    """Both: IndexError for the sequence protocol, ValueError as the argument is invalid."""
-
-
-class SyntheticRooms(torch.utils.data.Dataset):
-    """``num_scenes`` procedural rooms of one split, generated on demand (and cached).
-
-    Scene ``i`` is ``generate_room(scene_seed(seed, split, i), **room_kwargs)``; ``transform``
-    gets a fresh copy, so in-place edits never reach the cache. With ``cache=True`` each scene
-    is generated once per process (~3 MB each; DataLoader workers keep their own caches).
-    """
+class SyntheticRooms(GeneratedScenes):
+    """``num_scenes`` procedural rooms of one split (``generate_room`` per scene seed)."""
 
     class_names = CLASS_NAMES
-
-    def __init__(
-        self,
-        split: str = "train",
-        *,
-        num_scenes: int,
-        seed: int = 0,
-        transform: Callable[[dict], dict] | None = None,
-        cache: bool = True,
-        **room_kwargs: object,
-    ) -> None:
-        _split_id(split)
-        try:
-            n = operator.index(num_scenes)
-        except TypeError:
-            n = 0
-        if isinstance(num_scenes, bool) or n < 1:
-            raise ValueError(f"num_scenes must be an integer >= 1, got {num_scenes!r}")
-        scene_seed(seed, split, 0)  # validates seed
-        unknown = sorted(set(room_kwargs) - _ROOM_KNOBS)
-        if unknown:
-            raise TypeError(f"unknown room option(s) {unknown}; valid: {sorted(_ROOM_KNOBS)}")
-        self.split, self.num_scenes, self.seed = split, n, seed
-        self.transform, self.cache, self.room_kwargs = transform, cache, room_kwargs
-        self._cache: dict[int, dict[str, np.ndarray]] = {}
-
-    def __len__(self) -> int:
-        return self.num_scenes
-
-    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        i = operator.index(i)
-        if not -self.num_scenes <= i < self.num_scenes:
-            raise _IndexOutOfRange(
-                f"index {i} out of range for SyntheticRooms(split={self.split!r}) with "
-                f"num_scenes={self.num_scenes}"
-            )
-        i %= self.num_scenes
-        raw = self._cache.get(i)
-        if raw is None:
-            raw = generate_room(scene_seed(self.seed, self.split, i), **self.room_kwargs)
-            if self.cache:
-                self._cache[i] = raw
-        sample = {k: v.copy() for k, v in raw.items()}
-        return self.transform(sample) if self.transform is not None else sample
+    generate = staticmethod(generate_room)

@@ -18,16 +18,13 @@ street, z up; the road is about ``sensor_height`` below the origin).
 
 from __future__ import annotations
 
-import inspect
 import math
 import operator
-from collections.abc import Callable
 
 import numpy as np
-import torch
 
 from pointseg.data.datasets._street import CLASS_NAMES, Prim, build_street
-from pointseg.data.datasets.synthetic import SPLITS, scene_seed
+from pointseg.data.datasets.generated import SPLITS, GeneratedScenes, scene_seed
 
 __all__ = ["CLASS_NAMES", "SPLITS", "SyntheticLidar", "beam_elevations", "generate_scan"]
 __all__ += ["scene_seed"]
@@ -268,64 +265,8 @@ def generate_scan(
     }
 
 
-_SCAN_KNOBS = frozenset(p for p in inspect.signature(generate_scan).parameters if p != "seed")
-
-
-class _IndexOutOfRange(IndexError, ValueError):
-    """Both: IndexError for the sequence protocol, ValueError as the argument is invalid."""
-
-
-class SyntheticLidar(torch.utils.data.Dataset):
-    """``num_scenes`` synthetic LiDAR scans of one split, generated on demand (and cached).
-
-    Scan ``i`` is ``generate_scan(scene_seed(seed, split, i), **scan_kwargs)``; ``transform``
-    gets a fresh copy, so in-place edits never reach the cache (~1.3 MB per 32-beam scan;
-    DataLoader workers keep their own caches).
-    """
+class SyntheticLidar(GeneratedScenes):
+    """``num_scenes`` synthetic LiDAR scans of one split (``generate_scan`` per scene seed)."""
 
     class_names = CLASS_NAMES
-
-    def __init__(
-        self,
-        split: str = "train",
-        *,
-        num_scenes: int,
-        seed: int = 0,
-        transform: Callable[[dict], dict] | None = None,
-        cache: bool = True,
-        **scan_kwargs: object,
-    ) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        try:
-            n = operator.index(num_scenes)
-        except TypeError:
-            n = 0
-        if isinstance(num_scenes, bool) or n < 1:
-            raise ValueError(f"num_scenes must be an integer >= 1, got {num_scenes!r}")
-        scene_seed(seed, split, 0)  # validates seed
-        unknown = sorted(set(scan_kwargs) - _SCAN_KNOBS)
-        if unknown:
-            raise TypeError(f"unknown scan option(s) {unknown}; valid: {sorted(_SCAN_KNOBS)}")
-        self.split, self.num_scenes, self.seed = split, n, seed
-        self.transform, self.cache, self.scan_kwargs = transform, cache, scan_kwargs
-        self._cache: dict[int, dict[str, np.ndarray]] = {}
-
-    def __len__(self) -> int:
-        return self.num_scenes
-
-    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        i = operator.index(i)
-        if not -self.num_scenes <= i < self.num_scenes:
-            raise _IndexOutOfRange(
-                f"index {i} out of range for SyntheticLidar(split={self.split!r}) with "
-                f"num_scenes={self.num_scenes}"
-            )
-        i %= self.num_scenes
-        raw = self._cache.get(i)
-        if raw is None:
-            raw = generate_scan(scene_seed(self.seed, self.split, i), **self.scan_kwargs)
-            if self.cache:
-                self._cache[i] = raw
-        sample = {k: v.copy() for k, v in raw.items()}
-        return self.transform(sample) if self.transform is not None else sample
+    generate = staticmethod(generate_scan)

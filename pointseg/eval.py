@@ -2,6 +2,11 @@
 
 The model and data are rebuilt from the config stored in the checkpoint, so no training
 override has to be repeated; ``data.*`` given here override the stored data config.
+Plain evaluation runs Lightning's validate/test loop. With ``tta=true`` or
+``report.worst_scenes=N`` it runs scene by scene through ``pointseg.inference.Predictor``
+(the same voxels, so the same scores without TTA) and keeps per-scene scores. Either way the
+run dir gets ``metrics.json`` and, unless ``report.enabled=false``, ``report.md`` with a
+confusion-matrix heatmap and a per-class IoU chart.
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pointseg.metrics import format_table
+from pointseg.metrics import confusion_matrix, format_table, scores
+from pointseg.report import write_report
 from pointseg.utils import CONF_DIR, write_json
 
 log = logging.getLogger(__name__)
@@ -51,6 +58,68 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module.load_state_dict(ckpt["state_dict"])
 
     run_dir = Path(cfg.paths.output_dir)
+    split = cfg.split
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+    report_cfg = cfg.get("report") or {}
+    worst_n = int(report_cfg.get("worst_scenes", 0) or 0)
+    per_scene, predictor, dataset, is_zero = None, None, None, True
+    if cfg.get("tta") or worst_n > 0:
+        predictor, dataset = _scene_predictor(cfg, ckpt, datamodule, split)
+        confmat, per_scene = _scene_loop(predictor, dataset, ignore_index=datamodule.ignore_index)
+        class_names = predictor.class_names
+    else:
+        class_names, confmat, is_zero = _lightning_loop(cfg, run_dir, datamodule, module, split)
+    sc = scores(confmat)
+    print(format_table(sc, class_names))
+    result = {
+        "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
+        "split": split,
+        "tta": bool(cfg.get("tta")),
+        f"{split}/miou": sc.miou,
+        f"{split}/macc": sc.macc,
+        f"{split}/allacc": sc.allacc,
+        f"{split}/iou": dict(zip(class_names, sc.iou.tolist(), strict=True)),
+        "confusion_matrix": confmat.tolist(),
+        "run_dir": str(run_dir.resolve()),
+    }
+    if per_scene is not None:
+        result["scenes"] = per_scene
+    if is_zero:
+        write_json(run_dir / "metrics.json", result)
+        if report_cfg.get("enabled", True) and _have_matplotlib():
+            worst = _render_worst(cfg, run_dir, predictor, dataset, per_scene, worst_n)
+            result["report"] = str(
+                write_report(
+                    run_dir,
+                    confmat=confmat,
+                    sc=sc,
+                    class_names=class_names,
+                    split=split,
+                    ckpt_path=result["ckpt_path"],
+                    tta=result["tta"],
+                    per_scene=per_scene,
+                    worst=worst,
+                )
+            )
+    return result
+
+
+def _have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log.warning(
+            "matplotlib is not installed: no report.md/figures (pip install 'pointseg[viz]', "
+            "or report.enabled=false to silence this)"
+        )
+        return False
+    return True
+
+
+def _lightning_loop(
+    cfg: DictConfig, run_dir: Path, datamodule: Any, module: Any, split: str
+) -> tuple[list[str], torch.Tensor, bool]:
     trainer = pl.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
@@ -59,28 +128,75 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         default_root_dir=run_dir,
         enable_checkpointing=False,
     )
-    split = cfg.split
     if split == "val":
         trainer.validate(module, dataloaders=datamodule.val_dataloader(), verbose=False)
-    elif split == "test":
-        trainer.test(module, dataloaders=datamodule.test_dataloader(), verbose=False)
     else:
-        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
-    sc = module.last_scores[split]
-    print(format_table(sc, module.class_names))
-    result = {
-        "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
-        "split": split,
-        f"{split}/miou": sc.miou,
-        f"{split}/macc": sc.macc,
-        f"{split}/allacc": sc.allacc,
-        f"{split}/iou": dict(zip(module.class_names, sc.iou.tolist(), strict=True)),
-        "confusion_matrix": module.last_confmat.tolist(),
-        "run_dir": str(run_dir.resolve()),
-    }
-    if trainer.is_global_zero:
-        write_json(run_dir / "metrics.json", result)
-    return result
+        trainer.test(module, dataloaders=datamodule.test_dataloader(), verbose=False)
+    return module.class_names, module.last_confmat, trainer.is_global_zero
+
+
+def _scene_predictor(cfg: DictConfig, ckpt: dict[str, Any], datamodule: Any, split: str):
+    from pointseg.inference import InferenceOptions, Predictor
+
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    opts = InferenceOptions.from_config(
+        OmegaConf.to_container(cfg.get("inference") or {}, resolve=True), tta=cfg.get("tta")
+    )
+    device = "cpu" if cfg.trainer.accelerator == "cpu" else cfg.get("device", "auto")
+    predictor = Predictor.from_checkpoint(
+        cfg.ckpt_path, options=opts, device=device, data_overrides=cfg.get("data"), ckpt=ckpt
+    )
+    factory = datamodule.factories.get(split)
+    if factory is None:
+        raise ValueError(f"no {split} dataset is configured (data.{split}_dataset)")
+    return predictor, factory(transform=None)  # raw scenes: the predictor voxelizes
+
+
+def _scene_loop(
+    predictor: Any, dataset: Any, *, ignore_index: int
+) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    from tqdm import tqdm
+
+    k = predictor.num_classes
+    total = torch.zeros((k, k), dtype=torch.long)
+    per_scene = []
+    for i in tqdm(range(len(dataset)), desc="scenes", unit="scene"):
+        sample = dataset[i]
+        pred = predictor.predict(sample).labels
+        cm = confusion_matrix(
+            torch.from_numpy(pred.astype(np.int64)),
+            torch.as_tensor(sample["segment"], dtype=torch.long),
+            k,
+            ignore_index,
+        )
+        total += cm
+        sc = scores(cm)
+        per_scene.append({"scene": i, "points": len(pred), "miou": sc.miou, "allacc": sc.allacc})
+    return total, per_scene
+
+
+def _render_worst(cfg, run_dir, predictor, dataset, per_scene, n) -> list[tuple[dict, Path]]:
+    if not n or not per_scene:
+        return []
+    from pointseg.viz import render_comparison
+
+    rc = cfg.report
+    ranked = sorted(per_scene, key=lambda s: (np.nan_to_num(s["miou"], nan=2.0), s["scene"]))
+    out = []
+    for rank, s in enumerate(ranked[:n], 1):
+        sample = dataset[s["scene"]]
+        pred = predictor.predict(sample).labels
+        path, backend = render_comparison(
+            run_dir / "worst_scenes" / f"{rank:02d}_scene{s['scene']}.png",
+            sample["coord"], pred, np.asarray(sample["segment"]), predictor.class_names,
+            panels=("gt", "pred", "errors"), view=rc.get("view", "oblique"),
+            clip_top=float(rc.get("clip_top", 0.0)),
+            title=f"scene {s['scene']}: mIoU {s['miou']:.3f}",
+        )  # fmt: skip
+        log.info("rendered %s (%s)", path, backend)
+        out.append((s, path))
+    return out
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")

@@ -1,0 +1,670 @@
+"""Point-cloud files in: PLY, PCD, XYZ/TXT/CSV, NPY/NPZ, LAS/LAZ and KITTI ``.bin``.
+
+``read_points`` returns a sample dict in the project's vocabulary: ``coord (N, 3) f32``,
+``origin (3,) f64`` (world = coord + origin), and where the file has them ``color (N, 3) f32
+in [0, 1]``, ``strength (N, 1) f32``, ``normal (N, 3) f32``, ``segment (N,) i64`` (a label
+field), ``classification (N,) u8`` and ``returns (N, 2) f32`` (LAS). Coordinates larger than
+float32 can hold to the millimetre (georeferenced tiles) are re-centred in float64 first.
+The writers (``write_npy``, ``write_labeled_ply``, ``write_las_classification``) go through a
+temporary file in the target folder and a rename, so a crash never leaves a half file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+Sample = dict[str, Any]
+FORMATS: dict[str, str] = {
+    ".ply": "ply", ".pcd": "pcd", ".xyz": "text", ".txt": "text", ".csv": "text",
+    ".pts": "text", ".npy": "npy", ".npz": "npz", ".las": "las", ".laz": "las", ".bin": "kitti",
+}  # fmt: skip
+RECENTER_ABOVE = 1.0e4  # float32 spacing at 1e4 is ~1 mm: beyond it, subtract an origin
+# names a column / PLY property may have -> (sample key, channel)
+_FIELDS: dict[str, tuple[str, int]] = {
+    "x": ("coord", 0), "y": ("coord", 1), "z": ("coord", 2),
+    "r": ("color", 0), "g": ("color", 1), "b": ("color", 2),
+    "red": ("color", 0), "green": ("color", 1), "blue": ("color", 2),
+    "diffuse_red": ("color", 0), "diffuse_green": ("color", 1), "diffuse_blue": ("color", 2),
+    "nx": ("normal", 0), "ny": ("normal", 1), "nz": ("normal", 2),
+    "normal_x": ("normal", 0), "normal_y": ("normal", 1), "normal_z": ("normal", 2),
+    "i": ("strength", 0), "intensity": ("strength", 0), "scalar_intensity": ("strength", 0),
+    "reflectance": ("strength", 0), "remission": ("strength", 0), "strength": ("strength", 0),
+    "label": ("segment", 0), "labels": ("segment", 0), "class": ("segment", 0),
+    "segment": ("segment", 0), "scalar_label": ("segment", 0), "semantic": ("segment", 0),
+    "scalar_classification": ("segment", 0), "classification": ("segment", 0),
+}  # fmt: skip
+_WIDTH = {"coord": 3, "color": 3, "normal": 3, "strength": 1, "segment": 1}
+_DEFAULT_COLUMNS = {3: "x,y,z", 4: "x,y,z,intensity", 6: "x,y,z,r,g,b"}
+
+
+class PointFileError(ValueError):
+    """A point-cloud file that cannot be used; the message names the file and the fix."""
+
+
+class MissingFeatureError(PointFileError):
+    """The file lacks a per-point feature the model needs."""
+
+
+def detect_format(path: str | Path, fmt: str | None = None) -> str:
+    path = Path(path)
+    if fmt:
+        fmt = fmt.lower().lstrip(".")
+        name = FORMATS.get("." + fmt, fmt)
+        if name not in set(FORMATS.values()):
+            raise PointFileError(
+                f"{path}: unknown format={fmt!r}; use one of {sorted(set(FORMATS.values()))}"
+            )
+        return name
+    ext = path.suffix.lower()
+    if ext not in FORMATS:
+        raise PointFileError(
+            f"{path}: unknown extension {ext!r}; supported: {', '.join(sorted(FORMATS))}. "
+            "Rename the file or pass format=<ply|pcd|text|npy|npz|las|kitti>"
+        )
+    return FORMATS[ext]
+
+
+def read_points(
+    path: str | Path,
+    *,
+    format: str | None = None,
+    columns: str | Sequence[str] | None = None,
+    require: Sequence[str] = (),
+    chunk_size: int = 2_000_000,
+    hag: Sequence[float] = (1.0, 10.0),
+    feat_keys: Sequence[str] = (),
+    only: Sequence[str] | None = None,
+) -> Sample:
+    """Read one file into a sample dict; ``require`` names features that must be present
+    (checked before the points are read where the format allows it; ``feat_keys``, the model's
+    whole list, makes the error's fix exact). ``hag`` (cell, radius) is used when a LAS model
+    needs the height above the local minimum. ``only``: keep just these keys (besides
+    ``coord`` and ``origin``), which saves memory on big files."""
+    path = Path(path)
+    if not path.is_file():
+        raise PointFileError(f"{path} does not exist or is not a file")
+    fmt = detect_format(path, format)
+    if fmt == "las":
+        sample = _read_las(
+            path, require=require, chunk_size=chunk_size, hag=hag, feat_keys=feat_keys, only=only
+        )
+    else:
+        try:
+            sample = _READERS[fmt](path, columns)
+        except PointFileError:
+            raise
+        except Exception as err:  # parsers raise their own types: name the file once
+            raise PointFileError(
+                f"cannot read {path} as {fmt}: {err}; the file is damaged, truncated or not "
+                f"{fmt} (pass format=... if the extension is wrong)"
+            ) from err
+        sample = _finish(path, sample)
+    check_features(path, sample, require, feat_keys=feat_keys)
+    if only is not None:
+        sample = {k: v for k, v in sample.items() if k in {"coord", "origin", *only}}
+    return sample
+
+
+def check_features(
+    path: str | Path, sample: Sample, require: Sequence[str], *, feat_keys: Sequence[str] = ()
+) -> None:
+    """Raise ``MissingFeatureError`` naming the file, the feature and the fix."""
+    for key in require:
+        if key in sample:
+            continue
+        have = sorted(k for k in sample if k != "origin")
+        rest = [k for k in feat_keys if k != key]
+        width = sum(_FEAT_WIDTH.get(k, 1) for k in rest)
+        retrain = (
+            f"retrain with data.feat_keys=[{','.join(rest)}] data.in_channels={width}"
+            if rest
+            else f"retrain with other data.feat_keys (without {key})"
+        )
+        raise MissingFeatureError(
+            f"{path} has no '{key}' (it provides {have}) but the model takes {key} as input "
+            f"(data.feat_keys={list(feat_keys) or [key]}). Supply a file with "
+            f"{_HOW.get(key, key)}, or {retrain}"
+        )
+
+
+_FEAT_WIDTH = {"coord": 3, "color": 3, "normal": 3, "returns": 2}
+_HOW = {
+    "color": "colours (PLY red/green/blue, LAS point format 2/3/5/7/8, or text/npy "
+    "columns=x,y,z,r,g,b)",
+    "strength": "intensity (PLY/PCD 'intensity', LAS, KITTI .bin, or columns=x,y,z,intensity)",
+    "normal": "normals (nx, ny, nz)",
+    "returns": "return numbers (LAS/LAZ)",
+}
+
+
+def _finish(path: Path, raw: dict[str, np.ndarray]) -> Sample:
+    """Typed, validated sample from float64 columns; coordinates re-centred if needed."""
+    if "coord" not in raw:
+        raise PointFileError(f"{path}: no x, y, z coordinates found")
+    xyz = np.asarray(raw["coord"], dtype=np.float64)
+    if xyz.ndim != 2 or xyz.shape[1] != 3 or len(xyz) == 0:
+        raise PointFileError(f"{path}: expected (N, 3) coordinates with N > 0, got {xyz.shape}")
+    bad = ~np.isfinite(xyz).all(1)
+    if bad.any():
+        raise PointFileError(
+            f"{path}: {int(bad.sum())} point(s) have NaN/Inf coordinates (first at row "
+            f"{int(np.flatnonzero(bad)[0])}); remove them from the file"
+        )
+    origin = _origin(xyz.min(0), xyz.max(0))
+    out: Sample = {"coord": (xyz - origin).astype(np.float32), "origin": origin}
+    if "color" in raw:
+        out["color"] = _unit_color(path, np.asarray(raw["color"]))
+    if "strength" in raw:
+        out["strength"] = np.asarray(raw["strength"], dtype=np.float32).reshape(-1, 1)
+    if "normal" in raw:
+        out["normal"] = np.asarray(raw["normal"], dtype=np.float32)
+    if "segment" in raw:
+        seg = np.asarray(raw["segment"]).reshape(-1)
+        if np.issubdtype(seg.dtype, np.floating) and not np.all(seg == np.round(seg)):
+            raise PointFileError(f"{path}: the label column holds non-integer values")
+        out["segment"] = seg.astype(np.int64)
+    for key, arr in out.items():
+        if key != "origin" and len(arr) != len(xyz):
+            raise PointFileError(f"{path}: '{key}' has {len(arr)} rows for {len(xyz)} points")
+    return out
+
+
+def _origin(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    if max(np.abs(lo).max(), np.abs(hi).max()) <= RECENTER_ABOVE:
+        return np.zeros(3)
+    return np.floor(np.asarray(lo, dtype=np.float64))
+
+
+def _unit_color(path: Path, c: np.ndarray) -> np.ndarray:
+    """Colours to [0, 1]: integers by their range (8- or 16-bit), floats if already in
+    [0, 1], 0-255 floats divided by 255; anything else is an error, never clamped."""
+    if c.size == 0:
+        return c.astype(np.float32).reshape(-1, 3)
+    lo, hi = float(c.min()), float(c.max())
+    if lo < 0:
+        raise PointFileError(f"{path}: negative colour values (min {lo}); colours are >= 0")
+    if np.issubdtype(c.dtype, np.floating) and hi <= 1.0:
+        div = 1.0
+    elif hi <= 255:
+        div = 255.0
+    elif hi <= 65535:
+        div = 65535.0
+    else:
+        raise PointFileError(f"{path}: colour values up to {hi} fit neither 8 nor 16 bits")
+    return (c / div).astype(np.float32)
+
+
+def _parse_columns(path: Path, columns: str | Sequence[str], width: int) -> list[str]:
+    names = [
+        c.strip().lower() for c in (columns.split(",") if isinstance(columns, str) else columns)
+    ]
+    if len(names) != width:
+        raise PointFileError(
+            f"{path}: columns={','.join(names)} names {len(names)} columns but the data has "
+            f"{width}; name every column (use _ for one to skip)"
+        )
+    for n in names:
+        if n not in _FIELDS and n not in ("_", "skip"):
+            raise PointFileError(
+                f"{path}: unknown column name {n!r}; use x,y,z, r,g,b, nx,ny,nz, intensity, "
+                "label or _ (skip)"
+            )
+    if not {"x", "y", "z"} <= set(names):
+        raise PointFileError(f"{path}: columns={','.join(names)} must include x, y and z")
+    return names
+
+
+def _from_table(path: Path, table: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Column table + names -> raw sample arrays (keys with all their channels only)."""
+    raw: dict[str, np.ndarray] = {}
+    found: dict[str, dict[int, np.ndarray]] = {}
+    for col, name in enumerate(names):
+        if name in _FIELDS:
+            key, ch = _FIELDS[name]
+            found.setdefault(key, {})[ch] = table[:, col]
+    for key, chans in found.items():
+        if len(chans) != _WIDTH[key]:
+            raise PointFileError(f"{path}: '{key}' needs {_WIDTH[key]} columns, got {len(chans)}")
+        raw[key] = np.stack([chans[i] for i in range(_WIDTH[key])], 1)
+    return raw
+
+
+def _default_columns(path: Path, width: int, what: str) -> list[str]:
+    if width not in _DEFAULT_COLUMNS:
+        raise PointFileError(
+            f"{path}: {what} has {width} columns; say what they are with "
+            "columns=x,y,z,... (e.g. columns=x,y,z,intensity,r,g,b; _ skips a column)"
+        )
+    log.info("%s: %d columns read as %s (columns=... overrides)", path, width,
+             _DEFAULT_COLUMNS[width])  # fmt: skip
+    return _DEFAULT_COLUMNS[width].split(",")
+
+
+def _read_text(path: Path, columns: str | Sequence[str] | None) -> dict[str, np.ndarray]:
+    with open(path) as f:
+        first = ""
+        for line in f:
+            if line.strip() and not line.lstrip().startswith(("#", "//")):
+                first = line
+                break
+    if not first:
+        raise PointFileError(f"{path}: no data lines")
+    delim = "," if "," in first else None
+    tokens = [t.strip() for t in (first.split(",") if delim else first.split())]
+    header = not all(_is_number(t) for t in tokens)
+    try:
+        table = np.loadtxt(path, delimiter=delim, comments=("#", "//"), ndmin=2,
+                           skiprows=1 if header else 0, dtype=np.float64)  # fmt: skip
+    except ValueError as err:
+        raise PointFileError(
+            f"{path}: not a numeric table ({err}); every row needs the same number of "
+            "numeric columns (one optional header line of names)"
+        ) from err
+    if columns is None and header:
+        names = [t.lower() for t in tokens]
+        if not {"x", "y", "z"} <= set(names):
+            raise PointFileError(f"{path}: header {tokens} has no x, y, z; pass columns=...")
+        names = [n if n in _FIELDS else "_" for n in names]
+    elif columns is None:
+        names = _default_columns(path, table.shape[1], "the table")
+    else:
+        names = _parse_columns(path, columns, table.shape[1])
+    return _from_table(path, table, names)
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_npy(path: Path, columns: str | Sequence[str] | None) -> dict[str, np.ndarray]:
+    arr = np.load(path, allow_pickle=False)
+    if arr.dtype.names:  # a structured array: fields by name
+        table = np.stack([arr[n].astype(np.float64) for n in arr.dtype.names], 1)
+        names = [n.lower() if n.lower() in _FIELDS else "_" for n in arr.dtype.names]
+        return _from_table(path, table, names)
+    if arr.ndim != 2 or arr.shape[1] < 3:
+        raise PointFileError(f"{path}: expected an (N, 3+) array of points, got {arr.shape}")
+    names = (
+        _parse_columns(path, columns, arr.shape[1])
+        if columns is not None
+        else _default_columns(path, arr.shape[1], "the array")
+    )
+    return _from_table(path, arr, names)
+
+
+_NPZ_KEYS = {
+    "coord": ("coord", "xyz", "points", "pos"),
+    "color": ("color", "rgb", "colors"),
+    "strength": ("strength", "intensity"),
+    "normal": ("normal", "normals"),
+    "segment": ("segment", "label", "labels"),
+}
+
+
+def _read_npz(path: Path, columns: str | Sequence[str] | None) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        raw = {}
+        for key, names in _NPZ_KEYS.items():
+            hit = next((n for n in names if n in z.files), None)
+            if hit is not None:
+                raw[key] = z[hit]
+        if "coord" not in raw:
+            raise PointFileError(
+                f"{path}: no coordinates; store them as 'coord' (N, 3) (found {z.files})"
+            )
+    return raw
+
+
+def _read_kitti(path: Path, columns: str | Sequence[str] | None) -> dict[str, np.ndarray]:
+    size = path.stat().st_size
+    if size == 0 or size % 16:
+        raise PointFileError(
+            f"{path}: {size} bytes is not a whole number of KITTI points (4 float32 = 16 bytes "
+            "each); the file is truncated or not a KITTI .bin scan"
+        )
+    scan = np.fromfile(path, dtype="<f4").reshape(-1, 4)
+    return {"coord": scan[:, :3], "strength": scan[:, 3:4]}
+
+
+def _read_ply(path: Path, columns: str | Sequence[str] | None) -> dict[str, np.ndarray]:
+    from plyfile import PlyData
+
+    ply = PlyData.read(str(path))
+    if "vertex" not in ply:
+        raise PointFileError(f"{path}: no 'vertex' element (found {[e.name for e in ply]})")
+    v = ply["vertex"].data
+    return _typed_fields(path, v, list(v.dtype.names))
+
+
+def _typed_fields(path: Path, rec: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Fields of a record array by name, keeping integer colour dtypes (for their range)."""
+    raw: dict[str, np.ndarray] = {}
+    groups: dict[str, dict[int, str]] = {}
+    for n in names:
+        if n.lower() in _FIELDS:
+            key, ch = _FIELDS[n.lower()]
+            groups.setdefault(key, {})[ch] = n
+    for key, chans in groups.items():
+        if len(chans) == _WIDTH[key]:
+            raw[key] = np.stack([np.asarray(rec[chans[i]]) for i in range(_WIDTH[key])], 1)
+    return raw
+
+
+_PCD_TYPES = {"F": "f", "U": "u", "I": "i"}
+
+
+def _read_pcd(path: Path, columns: str | Sequence[str] | None) -> dict[str, np.ndarray]:
+    """ASCII and binary PCD parsed here; binary_compressed (LZF) handed to Open3D."""
+    header: dict[str, list[str]] = {}
+    with open(path, "rb") as f:
+        while "DATA" not in header:
+            line = f.readline()
+            if not line:
+                raise PointFileError(f"{path}: the PCD header ends without a DATA line")
+            text = line.decode("ascii", "replace").strip()
+            if text and not text.startswith("#"):
+                key, *vals = text.split()
+                header[key.upper()] = vals
+        offset = f.tell()
+    try:
+        names = header["FIELDS"]
+        sizes = [int(s) for s in header["SIZE"]]
+        types = [_PCD_TYPES[t.upper()] for t in header["TYPE"]]
+        counts = [int(c) for c in header.get("COUNT", ["1"] * len(names))]
+        n = int(header["POINTS"][0])
+    except (KeyError, ValueError, IndexError) as err:
+        raise PointFileError(f"{path}: incomplete PCD header ({err})") from err
+    mode = header["DATA"][0].lower()
+    uniq = [f"{nm}_{i}" if names.count(nm) > 1 else nm for i, nm in enumerate(names)]
+    dtype = np.dtype(
+        [(nm, f"<{t}{s}", (c,) if c > 1 else ()) for nm, t, s, c in
+         zip(uniq, types, sizes, counts, strict=True)]
+    )  # fmt: skip
+    if mode == "binary":
+        rec = np.fromfile(path, dtype=dtype, count=-1, offset=offset)
+    elif mode == "ascii":
+        flat = np.loadtxt(path, skiprows=_header_lines(path), ndmin=2, dtype=np.float64)
+        rec = np.empty(len(flat), dtype=dtype)
+        col = 0
+        for nm, t, c in zip(uniq, types, counts, strict=True):
+            vals = flat[:, col : col + c].reshape(rec[nm].shape)
+            rec[nm] = vals if nm not in ("rgb", "rgba") or t != "f" else vals.astype(np.float32)
+            col += c
+    elif mode == "binary_compressed":
+        return _read_pcd_open3d(path)
+    else:
+        raise PointFileError(f"{path}: unknown PCD DATA mode {mode!r}")
+    if len(rec) != n:
+        raise PointFileError(
+            f"{path}: the header announces {n} points but the file holds {len(rec)}; "
+            "the file is truncated: re-export it"
+        )
+    raw = _typed_fields(path, rec, uniq)
+    packed = next((nm for nm in ("rgb", "rgba") if nm in uniq), None)
+    if packed is not None:  # PCL packs 8-bit r, g, b into one 32-bit float or int
+        v = np.ascontiguousarray(rec[packed]).view(np.uint32)
+        raw["color"] = np.stack([(v >> 16) & 255, (v >> 8) & 255, v & 255], 1).astype(np.uint8)
+    return raw
+
+
+def _header_lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        for i, line in enumerate(f):
+            if line.upper().startswith(b"DATA"):
+                return i + 1
+    return 0
+
+
+def _read_pcd_open3d(path: Path) -> dict[str, np.ndarray]:
+    import open3d as o3d
+
+    pcd = o3d.t.io.read_point_cloud(str(path))
+    attrs = {k: pcd.point[k].numpy() for k in pcd.point}
+    if "positions" not in attrs or len(attrs["positions"]) == 0:
+        raise PointFileError(f"{path}: Open3D read no points from this compressed PCD")
+    raw = {"coord": attrs["positions"]}
+    for src, dst in (("colors", "color"), ("normals", "normal"), ("intensity", "strength"),
+                     ("label", "segment")):  # fmt: skip
+        if src in attrs:
+            raw[dst] = attrs[src]
+    return raw
+
+
+def _read_las(
+    path: Path,
+    *,
+    require: Sequence[str],
+    chunk_size: int,
+    hag: Sequence[float],
+    feat_keys: Sequence[str] = (),
+    only: Sequence[str] | None = None,
+) -> Sample:
+    """Stream a LAS/LAZ file in chunks into small per-point arrays (never the whole record)."""
+    import laspy
+
+    try:
+        reader = laspy.open(path)
+    except Exception as err:
+        raise PointFileError(
+            f"cannot read {path}: {err}; the file is truncated or not a LAS/LAZ file"
+        ) from err
+    with reader:
+        hdr = reader.header
+        dims = set(hdr.point_format.dimension_names)
+        has_rgb = {"red", "green", "blue"} <= dims
+        provides = {"coord", "strength", "returns", "classification", "hag"}
+        check_features(path, dict.fromkeys(provides | ({"color"} if has_rgb else set())),
+                       require, feat_keys=feat_keys)  # fmt: skip
+        n = int(hdr.point_count)
+        want = set(provides | {"color"}) if only is None else {*only, *require}
+        coord = np.empty((n, 3), np.float32)
+        rgb = np.empty((n, 3), np.uint16) if has_rgb and "color" in want else None
+        inten = np.empty(n, np.uint16) if "strength" in want else None
+        cls = np.empty(n, np.uint8) if "classification" in want else None
+        returns = np.empty((n, 2), np.float32) if "returns" in want else None
+        origin, i = None, 0
+        try:
+            for chunk in reader.chunk_iterator(chunk_size):
+                j = i + len(chunk)
+                if j > n:
+                    raise PointFileError(f"{path}: more points than its header's {n}")
+                xyz = np.stack([np.asarray(chunk.x), np.asarray(chunk.y), np.asarray(chunk.z)], 1)
+                if origin is None:  # from the data, not the header's bounds (often stale)
+                    origin = _origin(xyz.min(0), xyz.max(0))
+                coord[i:j] = xyz - origin  # float64 subtraction, then float32
+                if rgb is not None:
+                    rgb[i:j] = np.stack([chunk.red, chunk.green, chunk.blue], 1)
+                if inten is not None:
+                    inten[i:j] = chunk.intensity
+                if cls is not None:
+                    cls[i:j] = chunk.classification
+                if returns is not None:
+                    returns[i:j, 0] = chunk.return_number
+                    returns[i:j, 1] = chunk.number_of_returns
+                i = j
+        except PointFileError:
+            raise
+        except Exception as err:
+            raise PointFileError(
+                f"cannot read {path} after {i} of {n} points: {err}; the file is truncated or "
+                "damaged (re-export it)"
+            ) from err
+    if i != n or origin is None:
+        raise PointFileError(
+            f"{path} is truncated: its header announces {n} points but it holds {i}"
+        )
+    bad = ~np.isfinite(coord).all(1)
+    if bad.any():
+        raise PointFileError(f"{path}: {int(bad.sum())} point(s) have non-finite coordinates")
+    out: Sample = {"coord": coord, "origin": origin}
+    if cls is not None:
+        out["classification"] = cls
+    if returns is not None:
+        out["returns"] = returns
+    if rgb is not None and not rgb.any():  # RGB fields present but never filled in
+        if "color" in require:
+            try:
+                check_features(path, {"coord": coord}, ["color"], feat_keys=feat_keys)
+            except MissingFeatureError as err:
+                raise MissingFeatureError(f"{err} (its RGB fields are all 0: no colour)") from None
+        log.info("%s: RGB fields are all 0 (no colour recorded): colour left out", path)
+        rgb = None
+    if rgb is not None:
+        # 8-bit colours are often stored in the 16-bit fields: the range tells which
+        out["color"] = (rgb / (255.0 if int(rgb.max()) <= 255 else 65535.0)).astype(np.float32)
+        del rgb
+    if inten is not None:
+        div = 255.0 if int(inten.max()) <= 255 else 65535.0
+        out["strength"] = (inten / div).astype(np.float32)[:, None]
+    if "hag" in require:  # the LAS preparer's height above the local minimum
+        from pointseg.io_las import height_above_local_min
+
+        cell, radius = hag
+        out["hag"] = height_above_local_min(coord, cell=cell, radius=radius)[:, None]
+    return out
+
+
+_READERS = {
+    "ply": _read_ply,
+    "pcd": _read_pcd,
+    "text": _read_text,
+    "npy": _read_npy,
+    "npz": _read_npz,
+    "kitti": _read_kitti,
+}
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path in ``path``'s folder, renamed onto ``path`` if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_npy(path: str | Path, array: np.ndarray) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)  # a file object: np.save would append ".npy" to a path
+    return path
+
+
+def label_dtype(num_classes: int) -> np.dtype:
+    """Smallest unsigned integer type for labels 0..num_classes-1."""
+    return np.dtype(
+        np.uint8 if num_classes <= 256 else np.uint16 if num_classes <= 65536 else np.int32
+    )
+
+
+_PLY_TYPES = {"u1": "uchar", "<u2": "ushort", "<i4": "int", "<f4": "float", "<f8": "double"}
+
+
+def write_labeled_ply(
+    path: str | Path,
+    coord: np.ndarray,
+    labels: np.ndarray,
+    *,
+    origin: np.ndarray | None = None,
+    colors: np.ndarray,
+    class_names: Sequence[str],
+    chunk_size: int = 2_000_000,
+) -> Path:
+    """Binary PLY: x, y, z (double when ``origin`` is non-zero), red/green/blue uint8 class
+    colours ``colors (K, 3) u8`` and ``label``; class names go into a header comment."""
+    import json
+
+    path = Path(path)
+    origin = np.zeros(3) if origin is None else np.asarray(origin, dtype=np.float64)
+    cdt = "<f8" if np.any(origin) else "<f4"
+    ldt = label_dtype(len(class_names)).newbyteorder("<").str.replace("|", "")
+    dtype = np.dtype([("x", cdt), ("y", cdt), ("z", cdt), ("red", "u1"), ("green", "u1"),
+                      ("blue", "u1"), ("label", ldt)])  # fmt: skip
+    props = "".join(
+        f"property {_PLY_TYPES[dtype[n].str.replace('|', '')]} {n}\n" for n in dtype.names
+    )
+    head = (
+        "ply\nformat binary_little_endian 1.0\ncomment written by pointseg\n"
+        f"comment pointseg_classes {json.dumps(list(class_names))}\n"
+        f"element vertex {len(coord)}\n{props}end_header\n"
+    )
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(head.encode("ascii"))
+        for i in range(0, len(coord), chunk_size):
+            c, lab = coord[i : i + chunk_size], labels[i : i + chunk_size]
+            rec = np.empty(len(c), dtype=dtype)
+            for a, n in enumerate("xyz"):
+                rec[n] = c[:, a].astype(np.float64) + origin[a] if cdt == "<f8" else c[:, a]
+            rgb = colors[lab]
+            rec["red"], rec["green"], rec["blue"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+            rec["label"] = lab
+            f.write(rec.tobytes())
+    return path
+
+
+def read_ply_classes(path: str | Path) -> list[str] | None:
+    """Class names stored by ``write_labeled_ply`` in the header, or None."""
+    import json
+
+    with open(path, "rb") as f:
+        for raw in f:
+            line = raw.decode("ascii", "replace").strip()
+            if line.startswith("comment pointseg_classes "):
+                return json.loads(line.split(" ", 2)[2])
+            if line == "end_header":
+                return None
+    return None
+
+
+def write_las_classification(
+    src: str | Path, dst: str | Path, codes: np.ndarray, *, chunk_size: int = 2_000_000
+) -> Path:
+    """Copy LAS/LAZ ``src`` to ``dst`` (LAZ if ``dst`` ends in .laz) chunk by chunk with
+    ``classification`` replaced by ``codes (N,)``; every other field is kept."""
+    import copy
+
+    import laspy
+
+    src, dst = Path(src), Path(dst)
+    if dst.resolve() == src.resolve():
+        raise PointFileError(f"refusing to overwrite the input {src}; choose another output")
+    with laspy.open(src) as reader:
+        hdr = reader.header
+        limit = 31 if hdr.point_format.id < 6 else 255  # formats 0-5 keep 5 bits of class
+        if len(codes) != hdr.point_count:
+            raise ValueError(f"{len(codes)} codes for {hdr.point_count} points of {src}")
+        if len(codes) and int(codes.max()) > limit:
+            raise ValueError(
+                f"class code {int(codes.max())} does not fit LAS point format "
+                f"{hdr.point_format.id} of {src} (max {limit}); map classes to codes <= {limit} "
+                "with asprs_map=..."
+            )
+        with atomic_path(dst) as tmp:
+            compress = dst.suffix.lower() == ".laz"
+            with laspy.open(tmp, mode="w", header=copy.deepcopy(hdr), do_compress=compress) as w:
+                i = 0
+                for chunk in reader.chunk_iterator(chunk_size):
+                    chunk.classification = codes[i : i + len(chunk)]
+                    i += len(chunk)
+                    w.write_points(chunk)
+    return dst

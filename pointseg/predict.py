@@ -1,0 +1,257 @@
+"""``pointseg-predict ckpt_path=... input=<file|folder|glob> output=<dir>``: label scans.
+
+For every input file: ``<stem>.labels.npy`` (one label per input point), ``<stem>.ply``
+(x, y, z, class colours, ``label``), for LAS/LAZ input a copy with its classification set
+through ``asprs_map``, and with ``save_probs=true`` ``<stem>.probs.npy`` (N, K). The model and
+its input pipeline come from the checkpoint; scans of any size go through block inference
+(see ``pointseg.inference``).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from pointseg.inference import InferenceOptions, Predictor
+from pointseg.io import (
+    FORMATS,
+    PointFileError,
+    atomic_path,
+    detect_format,
+    read_points,
+    write_labeled_ply,
+    write_las_classification,
+    write_npy,
+)
+from pointseg.utils import CONF_DIR, write_json
+from pointseg.viz import palette
+
+log = logging.getLogger(__name__)
+
+# ASPRS standard classes by the names class maps use (LAS 1.4 R15, table 17)
+ASPRS_CODES: dict[str, int] = {
+    "never_classified": 0, "unclassified": 1, "other": 1, "ground": 2, "low_vegetation": 3,
+    "medium_vegetation": 4, "high_vegetation": 5, "building": 6, "noise": 7, "low_point": 7,
+    "water": 9, "rail": 10, "road_surface": 11, "road": 11, "wire_guard": 13,
+    "wire_conductor": 14, "transmission_tower": 15, "wire_connector": 16, "bridge_deck": 17,
+    "bridge": 17, "high_noise": 18,
+}  # fmt: skip
+
+
+def expand_inputs(spec: str | Sequence[str]) -> list[Path]:
+    """Files named by a path, a folder (its supported files, sorted) or a glob pattern."""
+    specs = [spec] if isinstance(spec, str | Path) else list(spec)
+    files: list[Path] = []
+    for s in map(str, specs):
+        p = Path(s).expanduser()
+        if p.is_dir():
+            found = sorted(
+                f for f in p.iterdir() if f.suffix.lower() in FORMATS and not f.name.startswith(".")
+            )
+            if not found:
+                raise PointFileError(
+                    f"input folder {p} holds no point-cloud files ({', '.join(sorted(FORMATS))})"
+                )
+            files += found
+        elif any(ch in s for ch in "*?["):
+            found = sorted(Path(f) for f in glob.glob(s, recursive=True) if Path(f).is_file())
+            if not found:
+                raise PointFileError(f"input pattern {s!r} matches no file")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise PointFileError(f"input {p} does not exist; give a file, a folder or a glob")
+    return files
+
+
+def class_codes(class_names: Sequence[str], asprs_map: Any) -> np.ndarray:
+    """(K,) uint8 LAS classification code of every class.
+
+    ``asprs_map``: null/"auto" (standard ASPRS codes when every class name is a standard
+    one, else the class index), "index", a list of K codes, or a mapping name -> code.
+    """
+    names = list(class_names)
+    if isinstance(asprs_map, Mapping):
+        missing = [n for n in names if n not in asprs_map]
+        if missing:
+            raise ValueError(
+                f"asprs_map has no code for class(es) {missing}; give one for each of {names}"
+            )
+        codes = [asprs_map[n] for n in names]
+    elif isinstance(asprs_map, Sequence) and not isinstance(asprs_map, str):
+        if len(asprs_map) != len(names):
+            raise ValueError(f"asprs_map lists {len(asprs_map)} codes for {len(names)} classes")
+        codes = list(asprs_map)
+    elif asprs_map in (None, "auto"):
+        known = all(n.lower() in ASPRS_CODES for n in names)
+        codes = [ASPRS_CODES[n.lower()] for n in names] if known else list(range(len(names)))
+        if not known:
+            log.warning(
+                "class names %s are not all ASPRS classes: LAS classification = class index "
+                "(set asprs_map={name: code} for standard codes)",
+                names,
+            )
+    elif asprs_map == "index":
+        codes = list(range(len(names)))
+    else:
+        raise ValueError(f"asprs_map={asprs_map!r}: use auto, index, a list or a mapping")
+    if any(not isinstance(c, int) or not 0 <= c <= 255 for c in codes):
+        raise ValueError(f"asprs_map codes must be integers 0..255, got {codes}")
+    return np.asarray(codes, dtype=np.uint8)
+
+
+def _targets(files: Sequence[Path], out: Path, cfg: DictConfig) -> list[dict[str, Path]]:
+    """Output paths per input; refuses to overwrite an input or to write one file twice."""
+    plans, seen = [], {}
+    inputs = {f.resolve() for f in files}
+    for f in files:
+        fmt = detect_format(f, cfg.get("format"))
+        plan = {"labels": out / f"{f.stem}.labels.npy"}
+        if cfg.write_ply:
+            plan["ply"] = out / f"{f.stem}.ply"
+        if cfg.save_probs:
+            plan["probs"] = out / f"{f.stem}.probs.npy"
+        if fmt == "las" and cfg.write_las:
+            plan["las"] = out / f"{f.stem}{f.suffix.lower()}"
+        for p in plan.values():
+            if p.resolve() in inputs:
+                raise PointFileError(
+                    f"output {p} would overwrite an input file; choose another output= folder"
+                )
+            if p in seen:
+                raise PointFileError(
+                    f"{seen[p]} and {f} would both write {p} (same stem); rename one or run "
+                    "them into different output= folders"
+                )
+            seen[p] = f
+        plans.append(plan)
+    return plans
+
+
+def _write_probs(path: Path, pred: Any, dtype: str, chunk: int) -> None:
+    n, k = len(pred.inverse), pred.voxel_probs.shape[1]
+    with atomic_path(path) as tmp:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(n, k))
+        for i in range(0, n, chunk):
+            arr[i : i + chunk] = pred.point_probs(i, i + chunk)
+        arr.flush()
+        del arr
+
+
+def predict(cfg: DictConfig) -> dict[str, Any]:
+    """Label every input file; returns (and writes to ``<output>/predict.json``) a summary."""
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    files = expand_inputs(cfg.input)
+    out = Path(cfg.output)
+    plans = _targets(files, out, cfg)
+    opts = InferenceOptions.from_config(
+        OmegaConf.to_container(cfg.inference, resolve=True), tta=cfg.tta
+    )
+    predictor = Predictor.from_checkpoint(cfg.ckpt_path, options=opts, device=cfg.device)
+    names = predictor.class_names
+    amap = cfg.get("asprs_map")
+    codes = class_codes(names, OmegaConf.to_container(amap) if OmegaConf.is_config(amap) else amap)
+    summary: dict[str, Any] = {"ckpt_path": str(cfg.ckpt_path), "class_names": names,
+                               "tta": opts.tta, "files": []}  # fmt: skip
+    total_pts, t_all, failed = 0, time.perf_counter(), []
+    quiet = not cfg.progress
+    with (
+        tqdm(total=len(files), desc="files", unit="file", disable=quiet) as bar_files,
+        tqdm(desc="blocks", unit="block", position=1, leave=False, disable=quiet) as bar_blocks,
+    ):
+        for path, plan in zip(files, plans, strict=True):
+            try:
+                entry = _predict_file(path, plan, predictor, cfg, codes, bar_blocks)
+            except (PointFileError, OSError) as err:
+                if not cfg.skip_errors:
+                    raise
+                log.error("skipped %s: %s", path, err)
+                failed.append({"input": str(path), "error": str(err)})
+                continue
+            finally:
+                bar_files.update(1)
+            total_pts += entry["points"]
+            summary["files"].append(entry)
+    elapsed = time.perf_counter() - t_all
+    summary.update(points=total_pts, seconds=elapsed, points_per_s=total_pts / elapsed)
+    summary["failed"] = failed
+    done = len(files) - len(failed)
+    print(f"{done} file(s), {total_pts:,} points in {elapsed:.1f} s: "
+          f"{total_pts / elapsed:,.0f} points/s overall -> {out}")  # fmt: skip
+    if failed:
+        print(f"{len(failed)} file(s) skipped: " + ", ".join(f["input"] for f in failed))
+    write_json(out / "predict.json", summary)
+    return summary
+
+
+def _predict_file(
+    path: Path, plan: dict[str, Path], predictor: Predictor, cfg: DictConfig, codes: np.ndarray,
+    bar: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """Read, label and write one file; returns its summary entry."""
+    names, chunk = predictor.class_names, int(predictor.options.chunk_size)
+    t0 = time.perf_counter()
+    sample = read_points(
+        path,
+        format=cfg.get("format"),
+        columns=cfg.get("columns"),
+        require=predictor.file_features,
+        chunk_size=chunk,
+        hag=tuple(cfg.hag),
+        feat_keys=predictor.feat_keys,
+        only=predictor.file_features,
+    )
+    t_read = time.perf_counter() - t0
+    pred = predictor.predict(sample, progress=bar)
+    t_pred = time.perf_counter() - t0 - t_read
+    write_npy(plan["labels"], pred.labels)
+    if "probs" in plan:
+        _write_probs(plan["probs"], pred, cfg.probs_dtype, chunk)
+    if "ply" in plan:
+        write_labeled_ply(
+            plan["ply"],
+            sample["coord"],
+            pred.labels,
+            origin=sample["origin"],
+            colors=palette(len(names)),
+            class_names=names,
+            chunk_size=chunk,
+        )
+    if "las" in plan:
+        write_las_classification(path, plan["las"], codes[pred.labels], chunk_size=chunk)
+    n, dt = len(pred.labels), time.perf_counter() - t0
+    tqdm.write(
+        f"{path.name}: {n:,} points, {pred.num_blocks} block(s), {dt:.1f} s (read {t_read:.1f}, "
+        f"infer {t_pred:.1f}, write {dt - t_read - t_pred:.1f}): {n / dt:,.0f} points/s"
+    )
+    hist = np.bincount(pred.labels, minlength=len(names))
+    return {
+        "input": str(path), "points": n, "blocks": pred.num_blocks, "seconds": dt,
+        "points_per_s": n / dt, "outputs": {k: str(v) for k, v in plan.items()},
+        "class_counts": dict(zip(names, hist.tolist(), strict=True)),
+    }  # fmt: skip
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")
+def _hydra_main(cfg: DictConfig) -> None:
+    predict(cfg)
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

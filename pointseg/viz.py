@@ -1,0 +1,392 @@
+"""``pointseg-viz``: look at predictions next to the ground truth.
+
+Interactive (an Open3D window; keys P prediction, G ground truth, E errors in red, C the scan's
+own colours) or headless with ``render=out.png``: Open3D's ``OffscreenRenderer`` (Filament; on
+a machine without a GPU it runs on Mesa llvmpipe) draws each panel with the same auto-framed
+camera and matplotlib lays them out side by side with a legend. Where the offscreen renderer
+cannot start, a matplotlib scatter plot is drawn instead and the log says so.
+"""
+
+from __future__ import annotations
+
+import atexit
+import colorsys
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_BASE = np.array([
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+    (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
+    (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
+], dtype=np.uint8)  # fmt: skip
+IGNORE_RGB = np.array([60, 60, 60], np.uint8)  # unlabelled ground-truth points
+RIGHT_RGB, WRONG_RGB = np.array([200, 200, 200], np.uint8), np.array([255, 0, 0], np.uint8)
+_renderers: dict[tuple[int, int], Any] = {}  # at most one: see _render_open3d
+_registered: list[bool] = []
+
+
+def palette(num_classes: int) -> np.ndarray:
+    """(K, 3) uint8 class colours: 20 fixed ones, then evenly spread hues."""
+    if num_classes <= len(_BASE):
+        return _BASE[:num_classes].copy()
+    extra = [colorsys.hsv_to_rgb((i * 0.618034) % 1, 0.65, 0.9) for i in range(num_classes - 20)]
+    return np.concatenate([_BASE, (np.array(extra) * 255).round().astype(np.uint8)])
+
+
+def label_colors(labels: np.ndarray, colors: np.ndarray) -> np.ndarray:
+    """(N, 3) uint8 colours of labels; negative (ignored) labels get ``IGNORE_RGB``."""
+    labels = np.asarray(labels).astype(np.int64)
+    if labels.size and labels.max() >= len(colors):
+        raise ValueError(f"label {labels.max()} but only {len(colors)} classes are known")
+    out = colors[np.clip(labels, 0, None)]
+    out[labels < 0] = IGNORE_RGB
+    return out
+
+
+def error_colors(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Grey where the prediction is right (or the truth is ignored), red where it is wrong."""
+    out = np.tile(RIGHT_RGB, (len(pred), 1))
+    out[(gt >= 0) & (np.asarray(pred).astype(np.int64) != gt)] = WRONG_RGB
+    return out
+
+
+def _camera(coord: np.ndarray, view: str, aspect: float) -> dict[str, Any]:
+    lo, hi = coord.min(0).astype(np.float64), coord.max(0).astype(np.float64)
+    centre, extent = (lo + hi) / 2, np.maximum(hi - lo, 1e-6)
+    if view == "top":
+        half_w = max(extent[0] / 2, extent[1] / 2 * aspect) * 1.04
+        height = extent[2] + extent.max() + 1.0  # eye above the top, looking straight down
+        return {"centre": centre, "eye": centre + [0, 0, height], "up": [0, 1, 0],
+                "ortho": (half_w, half_w / aspect), "near": 0.01, "far": 2 * height}  # fmt: skip
+    if view != "oblique":
+        raise ValueError(f"view must be 'oblique' or 'top', got {view!r}")
+    fov = 45.0
+    radius = np.linalg.norm(extent) / 2
+    direction = np.array([-0.45, -0.6, 1.3]) / np.linalg.norm([-0.45, -0.6, 1.3])  # ~60 deg up
+    dist = radius / np.sin(np.radians(fov / 2) * min(1.0, aspect)) * 1.02
+    return {"centre": centre, "eye": centre + direction * dist, "up": [0, 0, 1], "fov": fov,
+            "near": max(dist - radius, 1e-3) * 0.5, "far": (dist + radius) * 1.5}  # fmt: skip
+
+
+def _release_renderers() -> None:
+    for r in _renderers.values():
+        r.scene.clear_geometry()
+    _renderers.clear()
+
+
+def _render_open3d(
+    coord: np.ndarray, color_sets: Sequence[np.ndarray], cam: dict, *, size: tuple[int, int],
+    point_size: float,
+) -> list[np.ndarray]:  # fmt: skip
+    import open3d as o3d
+
+    rendering = o3d.visualization.rendering
+    r = _renderers.get(size)
+    if r is None:
+        # One renderer at a time: two alive in a process (different sizes) abort it at exit
+        # in Filament ("destroying MaterialInstance ... still in use"), as does one destroyed
+        # during interpreter teardown, hence the atexit release.
+        if not _registered:
+            atexit.register(_release_renderers)
+            _registered.append(True)
+        _release_renderers()
+        r = _renderers[size] = rendering.OffscreenRenderer(*size)
+    mat = rendering.MaterialRecord()
+    mat.shader, mat.point_size = "defaultUnlit", float(point_size)  # unlit: exact colours
+    r.scene.set_background([1.0, 1.0, 1.0, 1.0])
+    r.scene.view.set_post_processing(False)  # no tone mapping: pixels keep the class colours
+    cam_ = r.scene.camera
+    near, far = cam["near"], cam["far"]
+    if "ortho" in cam:
+        hw, hh = cam["ortho"]
+        cam_.set_projection(rendering.Camera.Projection.Ortho, -hw, hw, -hh, hh, near, far)
+    else:
+        vertical = rendering.Camera.FovType.Vertical
+        cam_.set_projection(cam["fov"], size[0] / size[1], near, far, vertical)
+    cam_.look_at(cam["centre"], cam["eye"], cam["up"])
+    images = []
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(coord.astype(np.float64)))
+    for colors in color_sets:
+        pcd.colors = o3d.utility.Vector3dVector(colors.astype(np.float64) / 255.0)
+        r.scene.clear_geometry()
+        r.scene.add_geometry("points", pcd, mat)
+        images.append(np.asarray(r.render_to_image()).copy())
+    r.scene.clear_geometry()
+    return images
+
+
+def _render_matplotlib(
+    coord: np.ndarray, color_sets: Sequence[np.ndarray], cam: dict, *, size: tuple[int, int],
+    point_size: float,
+) -> list[np.ndarray]:  # fmt: skip
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fwd = cam["centre"] - cam["eye"]
+    fwd = fwd / np.linalg.norm(fwd)
+    right = np.cross(fwd, cam["up"])
+    right /= np.linalg.norm(right)
+    up = np.cross(right, fwd)
+    rel = coord - cam["eye"]
+    u, v, depth = rel @ right, rel @ up, rel @ fwd
+    if "fov" in cam:  # perspective divide
+        u, v = u / depth, v / depth
+    order = np.argsort(-depth)  # far points first, near ones drawn over them
+    images = []
+    for colors in color_sets:
+        fig = plt.figure(figsize=(size[0] / 100, size[1] / 100), dpi=100)
+        ax = fig.add_axes((0, 0, 1, 1))
+        ax.scatter(u[order], v[order], c=colors[order] / 255.0, s=point_size**2, marker="s",
+                   linewidths=0)  # fmt: skip
+        ax.set_aspect("equal")
+        ax.axis("off")
+        fig.canvas.draw()
+        images.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
+        plt.close(fig)
+    return images
+
+
+def render_views(
+    coord: np.ndarray,
+    color_sets: Sequence[np.ndarray],
+    *,
+    size: tuple[int, int] = (800, 600),
+    view: str = "oblique",
+    point_size: float = 2.0,
+    backend: str = "auto",
+) -> tuple[list[np.ndarray], str]:
+    """One (H, W, 3) uint8 image per colour set, same camera; returns (images, backend)."""
+    cam = _camera(coord, view, size[0] / size[1])
+    if backend in ("auto", "open3d"):
+        try:
+            return _render_open3d(
+                coord, color_sets, cam, size=size, point_size=point_size
+            ), "open3d"
+        except Exception as err:  # no EGL/Vulkan, no open3d: still give a picture
+            if backend == "open3d":
+                raise
+            log.warning("Open3D offscreen rendering failed (%s); using a matplotlib scatter", err)
+    return _render_matplotlib(
+        coord, color_sets, cam, size=size, point_size=point_size
+    ), "matplotlib"
+
+
+def compose(
+    path: str | Path,
+    images: Sequence[np.ndarray],
+    titles: Sequence[str],
+    legend: Sequence[tuple[str, np.ndarray]] = (),
+    *,
+    suptitle: str | None = None,
+) -> Path:
+    """Panels side by side with titles and a legend of class colours, saved atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from pointseg.io import atomic_path
+
+    h, w = images[0].shape[:2]
+    fig, axes = plt.subplots(1, len(images), figsize=(len(images) * w / 100, h / 100 + 1.2),
+                             dpi=100, squeeze=False)  # fmt: skip
+    for ax, img, title in zip(axes[0], images, titles, strict=True):
+        ax.imshow(img, interpolation="nearest")
+        ax.set_title(title)
+        ax.axis("off")
+    if legend:
+        handles = [Patch(color=np.asarray(c) / 255.0, label=n) for n, c in legend]
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), frameon=False)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout(rect=(0, 0.08 if legend else 0, 1, 0.94 if suptitle else 1))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def render_comparison(
+    path: str | Path,
+    coord: np.ndarray,
+    pred: np.ndarray,
+    gt: np.ndarray | None,
+    class_names: Sequence[str],
+    *,
+    panels: Sequence[str] = ("gt", "pred"),
+    size: tuple[int, int] = (800, 600),
+    view: str = "oblique",
+    point_size: float = 2.0,
+    clip_top: float = 0.0,
+    max_points: int = 2_000_000,
+    title: str | None = None,
+) -> tuple[Path, str]:
+    """Side-by-side PNG of ground truth | prediction (| errors); returns (path, backend)."""
+    colors = palette(len(class_names))
+    keep = np.ones(len(coord), bool)
+    if clip_top > 0:  # e.g. drop ceilings to see into rooms
+        z = coord[:, 2]
+        keep &= z <= z.max() - clip_top * (z.max() - z.min())
+    idx = np.flatnonzero(keep)
+    if len(idx) > max_points:
+        idx = np.sort(np.random.default_rng(0).choice(idx, max_points, replace=False))
+    sets, titles = [], []
+    for panel in panels:
+        if panel in ("gt", "errors") and gt is None:
+            continue
+        if panel == "gt":
+            sets.append(label_colors(gt[idx], colors))
+        elif panel == "pred":
+            sets.append(label_colors(pred[idx], colors))
+        elif panel == "errors":
+            sets.append(error_colors(pred[idx], gt[idx]))
+        else:
+            raise ValueError(f"unknown panel {panel!r}: use gt, pred, errors")
+        titles.append({"gt": "ground truth", "pred": "prediction", "errors": "errors (red)"}[panel])
+    images, backend = render_views(coord[idx], sets, size=size, view=view, point_size=point_size)
+    present = set(np.unique(pred[idx]).tolist()) | (set() if gt is None else set(gt[idx].tolist()))
+    legend = [(n, colors[i]) for i, n in enumerate(class_names) if i in present]
+    return compose(path, images, titles, legend, suptitle=title), backend
+
+
+def show(
+    coord: np.ndarray,
+    pred: np.ndarray,
+    gt: np.ndarray | None,
+    class_names: Sequence[str],
+    source_color: np.ndarray | None = None,
+) -> None:
+    """Interactive Open3D window; P/G/E/C switch prediction, truth, errors, scan colours."""
+    import os
+    import sys
+
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):  # Open3D would fall back to an invisible offscreen window and return at once
+        raise RuntimeError("no display (DISPLAY is not set): render headless with render=out.png")
+    import open3d as o3d
+
+    colors = palette(len(class_names))
+    modes = {"P": ("prediction", label_colors(pred, colors))}
+    if gt is not None:
+        modes["G"] = ("ground truth", label_colors(gt, colors))
+        modes["E"] = ("errors (red)", error_colors(pred, gt))
+    if source_color is not None:
+        modes["C"] = ("scan colours", (np.asarray(source_color) * 255).astype(np.uint8))
+    print("classes:")
+    for i, n in enumerate(class_names):
+        r, g, b = colors[i]
+        print(f"  \x1b[48;2;{r};{g};{b}m    \x1b[0m {i:3d} {n}")
+    print("keys: " + ", ".join(f"{k} {name}" for k, (name, _) in modes.items()) + ", Q quit")
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(coord.astype(np.float64)))
+    pcd.colors = o3d.utility.Vector3dVector(modes["P"][1] / 255.0)
+    vis = o3d.visualization.VisualizerWithKeyCallback()
+    if not vis.create_window("pointseg-viz: prediction", 1280, 800):
+        raise RuntimeError(
+            "cannot open a window (no display?); render headless with render=out.png"
+        )
+    vis.add_geometry(pcd)
+
+    def switch(key: str):
+        def callback(v: Any) -> bool:
+            name, cols = modes[key]
+            pcd.colors = o3d.utility.Vector3dVector(cols / 255.0)
+            v.update_geometry(pcd)
+            print(f"showing {name}")
+            return True
+
+        return callback
+
+    for key in modes:
+        vis.register_key_callback(ord(key), switch(key))
+    vis.run()
+    vis.destroy_window()
+
+
+def load_labels(path: str | Path, n: int) -> np.ndarray:
+    """(n,) int64 labels from ``.npy`` or a point file's label field (LAS: classification)."""
+    from pointseg.io import read_points
+
+    path = Path(path)
+    if path.suffix.lower() == ".npy" and path.stat().st_size and _is_1d_npy(path):
+        labels = np.load(path).astype(np.int64)
+    else:
+        sample = read_points(path)
+        key = "segment" if "segment" in sample else "classification"
+        if key not in sample:
+            raise ValueError(f"{path} holds no labels (no label field, no LAS classification)")
+        labels = np.asarray(sample[key]).astype(np.int64)
+    if labels.shape != (n,):
+        raise ValueError(f"{path} has {labels.shape} labels for {n} points; wrong file pair?")
+    return labels
+
+
+def _is_1d_npy(path: Path) -> bool:
+    return np.load(path, mmap_mode="r").ndim == 1
+
+
+def _load(cfg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str], Any]:
+    """(coord, pred, gt, class names, scan colours) from the viz config."""
+    from pointseg.io import read_ply_classes, read_points
+
+    inp = Path(cfg.input)
+    names = list(cfg.class_names) if cfg.get("class_names") else None
+    source = read_points(cfg.source) if cfg.get("source") else None
+    if inp.name.endswith(".labels.npy") or inp.suffix.lower() == ".npy":
+        if source is None:
+            raise ValueError(f"{inp} holds labels only: pass source=<the scanned file>")
+        pred = load_labels(inp, len(source["coord"]))
+        coord = source["coord"]
+    else:
+        sample = read_points(inp)
+        if "segment" not in sample:
+            raise ValueError(f"{inp} has no label field: is it a pointseg-predict output?")
+        coord, pred = sample["coord"], sample["segment"]
+        if names is None and inp.suffix.lower() == ".ply":
+            names = read_ply_classes(inp)
+    gt = None
+    if cfg.get("gt"):
+        gt = load_labels(cfg.gt, len(coord))
+    elif source is not None and "segment" in source:
+        gt = source["segment"]
+    if names is None:
+        top = int(max(pred.max(), -1 if gt is None else gt.max())) + 1
+        names = [f"class {i}" for i in range(top)]
+    colors = None if source is None else source.get("color")
+    return coord, pred, gt, names, colors
+
+
+def visualize(cfg: Any) -> Path | None:
+    coord, pred, gt, names, scan_colors = _load(cfg)
+    if not cfg.get("render"):
+        show(coord, pred, gt, names, scan_colors)
+        return None
+    path, backend = render_comparison(
+        cfg.render, coord, pred, gt, names, panels=list(cfg.panels),
+        size=(int(cfg.width), int(cfg.height)), view=cfg.view, point_size=float(cfg.point_size),
+        clip_top=float(cfg.clip_top), max_points=int(cfg.max_points),
+    )  # fmt: skip
+    print(f"wrote {path} ({backend} renderer)")
+    return path
+
+
+def main() -> None:
+    import hydra
+
+    from pointseg.utils import CONF_DIR
+
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="viz")(visualize)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""Airborne LiDAR tiles (LAS/LAZ): reading, ASPRS class maps and per-point features.
+
+Shared by ``pointseg-prepare las`` and anything that labels LAS tiles, so both read the
+same way. Coordinates come out in float64 world units (laspy scales the stored integers);
+callers subtract an origin in float64 before casting to float32, because float32 keeps
+only ~7 digits and georeferenced coordinates have 6-7 before the decimal point.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+Unknown = Literal["ignore", "other", "error"]
+UNKNOWN_POLICIES = ("ignore", "other", "error")
+
+# ASPRS LAS 1.4 standard codes -> class (see docs/datasets/las.md for the reasons);
+# "ignore" codes get label -1: they say nothing about what the point is, or mark noise.
+ASPRS: dict[str, Any] = {
+    "classes": {
+        "ground": [2, 8, 11, 20],  # ground, model key-point, road surface, ignored ground
+        "low_vegetation": [3],
+        "medium_vegetation": [4],
+        "high_vegetation": [5],
+        "building": [6],
+        "water": [9],
+        "other": [10, 13, 14, 15, 16, 17, 19],  # rail, wires, towers, bridge deck, overhead
+    },
+    "ignore": [0, 1, 7, 12, 18, 21, 22],  # unclassified, noise, overlap, snow, temporal
+    "unknown": "error",
+}
+# the same standard codes folded into two classes; "unclassified" (1) counts as other
+GROUND_OTHER: dict[str, Any] = {
+    "classes": {
+        "ground": [2, 8, 11, 20],
+        "other": [1, 3, 4, 5, 6, 9, 10, 13, 14, 15, 16, 17, 19],
+    },
+    "ignore": [0, 7, 12, 18, 21, 22],
+    "unknown": "error",
+}
+PRESETS: dict[str, dict[str, Any]] = {"asprs": ASPRS, "ground_other": GROUND_OTHER}
+
+
+class LasReadError(ValueError):
+    """A LAS/LAZ file that cannot be read whole; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    """ASPRS code -> class index (``-1`` = ignore), with a policy for unlisted codes."""
+
+    names: tuple[str, ...]
+    codes: dict[int, int]  # code -> class index or -1
+    unknown: Unknown = "error"
+
+    def apply(self, classification: np.ndarray, *, source: str = "input") -> np.ndarray:
+        """``segment (N,) int64`` for ``classification (N,)`` codes of file ``source``."""
+        lut = np.full(256, -2, dtype=np.int64)  # -2 marks codes the map does not list
+        for code, label in self.codes.items():
+            lut[code] = label
+        segment = lut[np.asarray(classification, dtype=np.int64)]
+        unlisted = segment == -2
+        if unlisted.any():
+            found, counts = np.unique(np.asarray(classification)[unlisted], return_counts=True)
+            if self.unknown == "error":
+                listing = ", ".join(f"{c} ({n} points)" for c, n in zip(found, counts, strict=True))
+                raise ValueError(
+                    f"{source}: classification code(s) {listing} are not in the class map; "
+                    "list them in the class map, or pass unknown=ignore (label -1) or "
+                    "unknown=other (needs a class named 'other')"
+                )
+            segment[unlisted] = -1 if self.unknown == "ignore" else self.names.index("other")
+        return segment
+
+    def to_dict(self) -> dict[str, Any]:
+        """The map in its file form, codes in the order they were listed."""
+        classes = {
+            n: [c for c, i in self.codes.items() if i == k] for k, n in enumerate(self.names)
+        }
+        ignore = [c for c, i in self.codes.items() if i == -1]
+        return {"classes": classes, "ignore": ignore, "unknown": self.unknown}
+
+
+def load_class_map(
+    spec: str | Path | Mapping[str, Any] | None, *, unknown: str | None = None
+) -> ClassMap:
+    """Class map from a preset name (``asprs``, ``ground_other``), a ``.yaml``/``.json`` file,
+    an inline YAML/JSON mapping, or a dict.
+
+    The full form is ``{classes: {name: [codes]}, ignore: [codes], unknown: ignore|other|error}``;
+    a plain ``{name: [codes]}`` mapping is read as ``classes``. Class order is index order.
+    ``unknown`` (if given) overrides the map's policy for codes it does not list.
+    """
+    what = "class map"
+    if spec is None:
+        spec = "asprs"
+    if isinstance(spec, Path) or (isinstance(spec, str) and spec in PRESETS):
+        data: Any = PRESETS[spec] if isinstance(spec, str) else _load_file(spec)
+        what = f"class map {spec}"
+    elif isinstance(spec, str):
+        path = Path(spec)
+        if path.suffix.lower() in (".yaml", ".yml", ".json"):
+            data, what = _load_file(path), f"class map {path}"
+        else:
+            import yaml
+
+            try:
+                data = yaml.safe_load(spec)
+            except yaml.YAMLError as err:
+                raise ValueError(
+                    f"class_map={spec!r} is not a preset, a file or a mapping: {err}"
+                ) from err
+            if not isinstance(data, Mapping):
+                raise ValueError(
+                    f"class_map={spec!r} is neither a preset ({', '.join(PRESETS)}), a .yaml/.json "
+                    "file, nor a mapping like '{ground: [2], other: [1]}'"
+                )
+    else:
+        data = spec
+    return _parse(data, what=what, unknown=unknown)
+
+
+def _load_file(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"class map file {path} does not exist")
+    text = path.read_text()
+    if path.suffix.lower() == ".json":
+        return json.loads(text)
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _parse(data: Any, *, what: str, unknown: str | None) -> ClassMap:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{what}: expected a mapping, got {type(data).__name__}")
+    classes = (
+        data["classes"]
+        if "classes" in data
+        else {k: v for k, v in data.items() if k not in ("ignore", "unknown")}
+    )
+    if not isinstance(classes, Mapping) or not classes:
+        raise ValueError(f"{what}: 'classes' must map class names to lists of ASPRS codes")
+    policy = str(unknown if unknown is not None else data.get("unknown", "error"))
+    if policy not in UNKNOWN_POLICIES:
+        raise ValueError(f"{what}: unknown={policy!r}; use one of {UNKNOWN_POLICIES}")
+    names = tuple(str(n) for n in classes)
+    if policy == "other" and "other" not in names:
+        raise ValueError(f"{what}: unknown=other needs a class named 'other' (classes: {names})")
+    codes: dict[int, int] = {}
+    groups = [(n, i, v) for i, (n, v) in enumerate(zip(names, classes.values(), strict=True))]
+    for name, label, listed in [*groups, ("ignore", -1, data.get("ignore") or [])]:
+        listed = [listed] if isinstance(listed, int) else listed
+        if not isinstance(listed, Sequence) or isinstance(listed, str):
+            raise ValueError(f"{what}: '{name}' must list ASPRS codes, got {listed!r}")
+        for code in listed:
+            if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code <= 255:
+                raise ValueError(f"{what}: '{name}' lists {code!r}; codes are integers 0..255")
+            if code in codes:
+                raise ValueError(f"{what}: code {code} is listed twice ('{name}' and another)")
+            codes[code] = label
+    return ClassMap(names=names, codes=codes, unknown=policy)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class LasTile:
+    path: Path
+    xyz: np.ndarray  # (N, 3) float64, world units
+    classification: np.ndarray  # (N,) uint8, ASPRS codes
+    intensity: np.ndarray  # (N,) uint16
+    returns: np.ndarray  # (N, 2) uint8: return number, number of returns
+    rgb: np.ndarray | None  # (N, 3) uint16, None if the point format has no colour
+    header: dict[str, Any]  # version, point format, scales, offsets, CRS WKT if any
+
+
+def read_las(path: str | Path, *, laz_threads: bool = False) -> LasTile:
+    """Read a whole LAS/LAZ file; raises ``LasReadError`` naming it if it is damaged.
+
+    ``laz_threads`` decompresses LAZ with lazrs' thread pool. It is off by default: a
+    process forked after that pool started (a ``--workers`` run) would hang in it.
+    """
+    import laspy
+
+    path = Path(path)
+    backend = laspy.LazBackend.LazrsParallel if laz_threads else laspy.LazBackend.Lazrs
+    try:
+        with laspy.open(path, laz_backend=backend) as reader:
+            las = reader.read()
+    except Exception as err:  # laspy, lazrs and numpy all raise their own types
+        raise LasReadError(
+            f"cannot read {path}: {err}; the file is truncated or not a LAS/LAZ file "
+            "(re-download or re-export it)"
+        ) from err
+    hdr = las.header
+    if len(las.points) != hdr.point_count:
+        raise LasReadError(
+            f"{path} is truncated: its header announces {hdr.point_count} points but the file "
+            f"holds {len(las.points)}; re-download or re-export it"
+        )
+    dims = set(las.point_format.dimension_names)
+    rgb = None
+    if {"red", "green", "blue"} <= dims:
+        rgb = np.stack([np.asarray(las[c]) for c in ("red", "green", "blue")], 1).astype(np.uint16)
+    returns = np.stack([np.asarray(las.return_number), np.asarray(las.number_of_returns)], 1)
+    header = {
+        "version": str(hdr.version),
+        "point_format": int(hdr.point_format.id),
+        "point_count": int(hdr.point_count),
+        "scales": [float(s) for s in hdr.scales],
+        "offsets": [float(o) for o in hdr.offsets],
+        "crs_wkt": _crs_wkt(hdr),
+    }
+    return LasTile(
+        path=path,
+        xyz=np.stack([np.asarray(las.x), np.asarray(las.y), np.asarray(las.z)], 1),
+        classification=np.asarray(las.classification, dtype=np.uint8),
+        intensity=np.asarray(las.intensity, dtype=np.uint16),
+        returns=returns.astype(np.uint8),
+        rgb=rgb,
+        header=header,
+    )
+
+
+def _crs_wkt(header: Any) -> str | None:
+    """The WKT of a WKT VLR if present (GeoTIFF keys would need pyproj; left out)."""
+    for vlr in header.vlrs:
+        if type(vlr).__name__ == "WktCoordinateSystemVlr":
+            return str(vlr.string).strip("\x00") or None
+    return None
+
+
+def unit_scale(values: np.ndarray, scale: str | float = "auto") -> float:
+    """Divisor mapping 16-bit LAS values to [0, 1]: ``auto`` picks 255 when the tile's maximum
+    is <= 255 (8-bit values stored in 16-bit fields, common for RGB) and 65535 otherwise."""
+    if scale == "auto":
+        return 255.0 if values.size == 0 or int(values.max()) <= 255 else 65535.0
+    value = float(scale)
+    if not value > 0:
+        raise ValueError(
+            f"a colour/intensity scale must be 'auto' or a positive number, got {scale!r}"
+        )
+    return value
+
+
+def height_above_local_min(xyz: np.ndarray, *, cell: float, radii: Sequence[float]) -> np.ndarray:
+    """``(N, len(radii))`` float32: z minus the lowest z within each radius (square windows on
+    a grid of ``cell`` units) around each point: a cheap height above ground for airborne
+    scans; several radii let a model tell a roof (high at every scale) from a slope."""
+    if cell <= 0 or not radii or min(radii) < 0:
+        raise ValueError(f"hag needs cell > 0 and radii >= 0, got cell={cell}, radii={radii}")
+    grid = np.floor((xyz[:, :2] - xyz[:, :2].min(0)) / cell).astype(np.int64)  # (N, 2)
+    shape = tuple(grid.max(0) + 1)
+    cells = np.full(shape, np.inf)
+    np.minimum.at(cells, (grid[:, 0], grid[:, 1]), xyz[:, 2])
+    out = np.empty((len(xyz), len(radii)), dtype=np.float32)
+    for col, radius in enumerate(radii):
+        k = int(np.ceil(radius / cell))
+        lowest = cells
+        for axis in (0, 1):  # a square window's minimum is separable: rows, then columns
+            padded = np.pad(lowest, [(k, k) if a == axis else (0, 0) for a in (0, 1)], "edge")
+            low = np.full(shape, np.inf)
+            for shift in range(2 * k + 1):
+                low = np.minimum(low, np.take(padded, np.arange(shift, shift + shape[axis]), axis))
+            lowest = low
+        out[:, col] = xyz[:, 2] - lowest[grid[:, 0], grid[:, 1]]
+    return out
+
+
+def las_features(
+    tile: LasTile,
+    *,
+    color: bool | str = "auto",
+    color_scale: str | float = "auto",
+    intensity_scale: str | float = "auto",
+    hag_cell: float = 1.0,
+    hag_radii: Sequence[float] | None = (5.0, 15.0, 30.0),
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Per-point arrays of a tile in the scene vocabulary (no coordinates, no labels) and a
+    dict describing how they were made (for ``meta.json``): ``strength (N, 1)``,
+    ``returns (N, 2)`` (return number, number of returns), ``hag (N, len(hag_radii))`` and,
+    when the tile has colour, ``color (N, 3)``."""
+    arrays: dict[str, np.ndarray] = {}
+    info: dict[str, Any] = {}
+    if color not in ("auto", True, False):
+        raise ValueError(f"color must be auto, true or false, got {color!r}")
+    if color is not False:
+        if tile.rgb is None:
+            if color is True:
+                raise ValueError(
+                    f"{tile.path}: color=true but point format {tile.header['point_format']} "
+                    "has no RGB; use color=auto or false"
+                )
+        elif color is True or tile.rgb.any():
+            div = unit_scale(tile.rgb, color_scale)
+            arrays["color"] = (tile.rgb / div).astype(np.float32)  # (N, 3) in [0, 1]
+            info["color_scale"] = div
+        else:
+            info["color_note"] = "RGB fields are all 0 (no colour recorded): color not written"
+    div = unit_scale(tile.intensity, intensity_scale)
+    arrays["strength"] = (tile.intensity / div).astype(np.float32)[:, None]  # (N, 1)
+    info["intensity_scale"] = div
+    arrays["returns"] = tile.returns.astype(np.float32)  # (N, 2)
+    if hag_radii:
+        arrays["hag"] = height_above_local_min(tile.xyz, cell=hag_cell, radii=hag_radii)
+        info["hag"] = {"cell": hag_cell, "radii": list(hag_radii)}
+    return arrays, info

@@ -1,0 +1,318 @@
+"""``pointseg-prepare las src=<folder or file> dst=data/<name> [key=value ...]``.
+
+Every ``.las``/``.laz`` file under ``src`` (recursively) is read whole, labelled through a
+class map (``pointseg.io_las``) and cut into square blocks of ``block_size`` units in x/y:
+
+    split_by=tile      dst/<tile_stem>/block_<i>_<j>/         (splits = tile stems)
+    split_by=folder    dst/<folder>/<tile_stem>_block_<i>_<j>/  (src/<folder>/**/<tile>.las)
+    split_by=x_median  dst/train/<tile_stem>_block_<i>_<j>/   points west of the tile's median x
+                       dst/val/<tile_stem>_block_<i>_<j>/     the others
+
+Without overlap every point lands in exactly one block. ``overlap`` widens blocks by that
+margin on each side (training context; points then repeat across blocks). Under
+``split_by=folder`` and ``x_median`` only ``train`` blocks overlap (and never across the
+median), so every point of the other splits is scored once; under ``split_by=tile`` all do.
+
+Coordinates are re-centred in float64 on the block's corner before the float32 cast;
+``meta.json`` holds that ``offset`` (world = coord + offset) and ``point_index.npy`` each
+point's row in the source file, to write predictions back.
+
+A tile is finished when ``dst/.done/<tile_stem>/tile.json`` exists; a re-run skips finished
+tiles and, inside an unfinished tile, blocks already written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pointseg.data.scenes import write_scene
+from pointseg.io_las import LasReadError, las_features, load_class_map, read_las
+from pointseg.prepare.common import PrepareError, SceneJob, run_jobs
+
+SPLIT_MODES = ("tile", "folder", "x_median")
+DONE = ".done"
+
+
+def find_tiles(src: Path) -> list[Path]:
+    """``src`` itself, or every LAS/LAZ file below it; stems must be unique (they name scenes)."""
+    if src.is_file():
+        tiles = [src]
+    else:
+        tiles = sorted(p for p in src.rglob("*") if p.suffix.lower() in (".las", ".laz"))
+    if not tiles:
+        raise PrepareError(f"no .las/.laz files under {src}")
+    seen: dict[str, Path] = {}
+    for tile in tiles:
+        if tile.stem in seen:
+            raise PrepareError(
+                f"{seen[tile.stem]} and {tile} have the same name '{tile.stem}', which names "
+                "their scenes; rename one of them or prepare them into different dst folders"
+            )
+        seen[tile.stem] = tile
+    return tiles
+
+
+def prepare(
+    src: Path,
+    dst: Path,
+    *,
+    workers: int = 1,
+    overwrite: bool = False,
+    block_size: float = 50.0,
+    overlap: float = 0.0,
+    split_by: str = "tile",
+    class_map: Any = None,
+    unknown: str | None = None,
+    color: bool | str = "auto",
+    color_scale: str | float = "auto",
+    intensity_scale: str | float = "auto",
+    hag: bool = True,
+    hag_cell: float = 1.0,
+    hag_radius: float | str | Sequence[float] = (5.0, 15.0, 30.0),
+) -> dict[str, int]:
+    """Convert the tiles of ``src`` into block scenes under ``dst``; returns tile counts.
+
+    ``block_size=0`` keeps each tile (or half tile) whole. ``class_map`` is a preset
+    (``asprs`` default, ``ground_other``), a ``.yaml``/``.json`` file or an inline mapping
+    such as ``{ground: [2], other: [1]}``; ``unknown`` (ignore|other|error) overrides its
+    policy for codes it does not list. ``hag`` writes ``hag.npy (N, K)``: the height above
+    the lowest point within each of the K radii of ``hag_radius`` (a number or a comma list
+    such as ``5,15,30``; found on a grid of ``hag_cell``), computed over the whole tile.
+    """
+    if block_size < 0 or overlap < 0 or (block_size > 0 and overlap >= block_size):
+        raise PrepareError(
+            f"need block_size >= 0 and 0 <= overlap < block_size, got block_size={block_size}, "
+            f"overlap={overlap}"
+        )
+    if hag_cell <= 0:
+        raise PrepareError(f"hag_cell must be > 0, got {hag_cell}")
+    if split_by not in SPLIT_MODES:
+        raise PrepareError(f"split_by={split_by!r}; use one of {SPLIT_MODES}")
+    try:
+        cmap = load_class_map(class_map, unknown=unknown)
+    except (ValueError, FileNotFoundError) as err:
+        raise PrepareError(str(err)) from err
+    options = {
+        "block_size": float(block_size),
+        "overlap": float(overlap),
+        "split_by": split_by,
+        "class_map": cmap.to_dict(),
+        "class_names": list(cmap.names),
+        "color": color,
+        "color_scale": color_scale,
+        "intensity_scale": intensity_scale,
+        "hag_cell": float(hag_cell),
+        "hag_radii": _radii(hag_radius) if hag else None,
+    }
+    tiles = find_tiles(src)
+    folders = [_split_folder(src, t) if split_by == "folder" else "" for t in tiles]
+    _check_options(dst, options, overwrite=overwrite)
+    jobs = [
+        SceneJob(
+            name=t.stem,
+            output=dst / DONE / t.stem,
+            inputs=(t.resolve(),),
+            options={
+                **options,
+                "dst": str(dst),
+                "overwrite": overwrite,
+                "folder": f,
+                "workers": workers,
+            },
+        )
+        for t, f in zip(tiles, folders, strict=True)
+    ]
+    counts = run_jobs(
+        jobs, convert_tile, dst=dst, workers=workers, overwrite=overwrite, desc="LAS tiles"
+    )
+    counts["scenes"] = sum(len(_read_done(j.output)["scenes"]) for j in jobs)
+    return counts
+
+
+def _radii(value: float | str | Sequence[float]) -> list[float]:
+    items = value.split(",") if isinstance(value, str) else value
+    items = items if isinstance(items, list | tuple) else [items]
+    try:
+        radii = [float(r) for r in items]
+    except ValueError as err:
+        raise PrepareError(f"hag_radius={value!r}: give a number or a comma list") from err
+    if not radii or min(radii) < 0:
+        raise PrepareError(f"hag_radius={value!r}: radii must be >= 0")
+    return radii
+
+
+def _split_folder(src: Path, tile: Path) -> str:
+    parts = tile.relative_to(src).parts if src.is_dir() else ()
+    if len(parts) < 2:
+        raise PrepareError(
+            f"split_by=folder takes the split from the first folder below src, but {tile} is "
+            f"not in a sub-folder of {src}; arrange tiles as src/train/*.las, src/val/*.las"
+        )
+    return parts[0]
+
+
+def _check_options(dst: Path, options: dict[str, Any], *, overwrite: bool) -> None:
+    """Refuse to mix blocks made with other options into one dataset (unless overwriting)."""
+    path = dst / "prepare.json"
+    text = json.dumps(options, indent=2, sort_keys=True)
+    if path.is_file() and not overwrite and json.loads(path.read_text()) != json.loads(text):
+        raise PrepareError(
+            f"{dst} was prepared with other options (see {path}); pass --overwrite to redo "
+            "every tile with the new ones, or choose another dst"
+        )
+    dst.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+
+
+def block_members(
+    xy: np.ndarray, *, block_size: float, overlap: float = 0.0
+) -> dict[tuple[int, int], np.ndarray]:
+    """Block ``(i, j)`` -> sorted point rows, for ``xy (N, 2)`` >= 0 in tile-local units.
+
+    Block ``(i, j)`` covers ``[i, i + 1) * block_size`` in x (likewise y) widened by
+    ``overlap`` on each side; only blocks whose core holds a point are listed. Without
+    overlap each point is in exactly one block.
+    """
+    n = len(xy)
+    if block_size <= 0:
+        return {(0, 0): np.arange(n)} if n else {}
+    core = np.floor(xy / block_size).astype(np.int64)  # (N, 2)
+    lo = np.floor((xy - overlap) / block_size).astype(np.int64)
+    hi = np.floor((xy + overlap) / block_size).astype(np.int64)
+    rows, keys = [], []
+    span = int((hi - lo).max()) + 1 if n else 1
+    for di in range(span):
+        for dj in range(span):
+            cand = lo + np.array([di, dj])
+            ok = (cand <= hi).all(1)
+            rows.append(np.flatnonzero(ok))
+            keys.append(cand[ok])
+    row, key = np.concatenate(rows), np.concatenate(keys)
+    wanted = {tuple(k) for k in np.unique(core, axis=0).tolist()}
+    order = np.lexsort((row, key[:, 1], key[:, 0]))
+    row, key = row[order], key[order]
+    cuts = np.flatnonzero((np.diff(key, axis=0) != 0).any(1)) + 1
+    out = {}
+    for rs, ks in zip(np.split(row, cuts), np.split(key, cuts), strict=True):
+        if len(rs) and tuple(ks[0].tolist()) in wanted:
+            out[tuple(ks[0].tolist())] = rs
+    return out
+
+
+def convert_tile(job: SceneJob) -> None:
+    """Read one tile and write its block scenes, then its ``.done`` marker."""
+    opts, path = job.options, job.inputs[0]
+    dst, stem = Path(opts["dst"]), path.stem
+    try:
+        tile = read_las(path, laz_threads=opts["workers"] <= 1)
+        if len(tile.xyz) == 0:
+            warnings.warn(f"{path} has 0 points; no scene written for it", stacklevel=2)
+            _write_done(job.output, {"source": str(path), "points": 0, "scenes": []})
+            return
+        segment = load_class_map(opts["class_map"]).apply(tile.classification, source=str(path))
+        features, feature_info = las_features(
+            tile,
+            color=opts["color"],
+            color_scale=opts["color_scale"],
+            intensity_scale=opts["intensity_scale"],
+            hag_cell=opts["hag_cell"],
+            hag_radii=opts["hag_radii"],
+        )
+    except (LasReadError, ValueError) as err:
+        raise PrepareError(str(err) if str(path) in str(err) else f"{path}: {err}") from err
+    if opts["overwrite"]:
+        _remove_tile_scenes(dst, stem, opts["split_by"])
+    n = len(tile.xyz)
+
+    bs, overlap = opts["block_size"], opts["overlap"]
+    lowest = tile.xyz.min(0)
+    step = bs if bs > 0 else 1.0
+    # a round origin on the block grid, so the blocks of neighbouring tiles line up
+    origin = np.array([*(np.floor(lowest[:2] / step) * step), np.floor(lowest[2])])  # (3,) f64
+    local = tile.xyz - origin  # (N, 3) float64: exact to ~1e-9 units before the f32 cast
+    if opts["split_by"] == "tile":
+        groups = [(stem, "block_{}_{}", np.arange(n), overlap)]
+    elif opts["split_by"] == "folder":  # only training blocks overlap (see the module doc)
+        margin = overlap if opts["folder"] == "train" else 0.0
+        groups = [(opts["folder"], stem + "_block_{}_{}", np.arange(n), margin)]
+    else:
+        median = float(np.median(tile.xyz[:, 0]))
+        west = tile.xyz[:, 0] < median
+        name = stem + "_block_{}_{}"
+        groups = [
+            ("train", name, np.flatnonzero(west), overlap),
+            ("val", name, np.flatnonzero(~west), 0.0),
+        ]
+        feature_info["x_median"] = median
+
+    base_meta = {
+        "source": str(path),
+        "tile": stem,
+        "header": tile.header,
+        "class_names": opts["class_names"],
+        "class_map": opts["class_map"],
+        "block_size": bs,
+        "features": feature_info,
+    }
+    written = []
+    for split, pattern, members, margin in groups:
+        blocks = block_members(local[members, :2], block_size=bs, overlap=margin)
+        for (i, j), rows in blocks.items():
+            idx = members[rows]  # (n,) rows of the source file
+            folder = dst / split / pattern.format(i, j)
+            written.append(str(folder.relative_to(dst)))
+            if folder.is_dir() and not opts["overwrite"]:
+                continue  # finished by an interrupted run with the same options
+            corner = np.array([i * bs, j * bs, 0.0])
+            arrays = {
+                "coord": (local[idx] - corner).astype(np.float32),  # (n, 3)
+                "segment": segment[idx],  # (n,) int64
+                "point_index": idx.astype(np.int64),  # (n,)
+                **{k: v[idx] for k, v in features.items()},
+            }
+            codes, counts = np.unique(tile.classification[idx], return_counts=True)
+            meta = {
+                **base_meta,
+                "split": split,
+                "block": [i, j],
+                "overlap": margin,
+                "offset": (origin + corner).tolist(),  # world = coord + offset
+                "points": len(idx),
+                "code_counts": {int(c): int(k) for c, k in zip(codes, counts, strict=True)},
+            }
+            write_scene(folder, arrays, meta)
+    _write_done(job.output, {"source": str(path), "points": n, "scenes": written})
+
+
+def _remove_tile_scenes(dst: Path, stem: str, split_by: str) -> None:
+    """Before redoing a tile: its old scenes, which another block size may have named apart."""
+    done = dst / DONE / stem
+    if done.is_dir():
+        for rel in _read_done(done)["scenes"]:
+            shutil.rmtree(dst / rel, ignore_errors=True)
+    if split_by == "tile":
+        shutil.rmtree(dst / stem, ignore_errors=True)
+    else:  # scenes of an interrupted run, which left no record
+        for folder in dst.glob(f"*/{stem}_block_*"):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _write_done(folder: Path, record: dict[str, Any]) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".tmp-{folder.name}-"))
+    (tmp / "tile.json").write_text(json.dumps(record, indent=2))
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+
+
+def _read_done(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "tile.json").read_text())

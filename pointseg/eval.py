@@ -21,6 +21,13 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pointseg.guards import (
+    CheckpointMismatchError,
+    check_checkpoint_data,
+    explain_state_dict_error,
+    guard_task,
+    run_hydra,
+)
 from pointseg.metrics import confusion_matrix, format_table, scores
 from pointseg.report import write_report
 from pointseg.utils import CONF_DIR, write_json
@@ -50,12 +57,23 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt = load_checkpoint(cfg.ckpt_path)
     stored = OmegaConf.create(ckpt["pointseg_config"])
-    data_cfg = OmegaConf.merge(stored.data, cfg.get("data") or {})
+    overrides = cfg.get("data") or {}
+    if not OmegaConf.is_dict(overrides) and not isinstance(overrides, dict):
+        raise CheckpointMismatchError(
+            f"data={overrides!r}: pointseg-eval takes the checkpoint's own data config; change "
+            "single keys with +data.<key>=<value> (e.g. +data.val_dataset.root=<dir>)"
+        )
+    data_cfg = OmegaConf.merge(stored.data, overrides)
     if cfg.get("batch_size"):
         data_cfg.val_batch_size = cfg.batch_size
+    # a class count or feature set other than the network's fails deep inside otherwise
+    check_checkpoint_data(stored, data_cfg, ckpt=str(cfg.ckpt_path))
     datamodule = hydra.utils.instantiate(data_cfg)
     module = hydra.utils.instantiate(stored.model)
-    module.load_state_dict(ckpt["state_dict"])
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise explain_state_dict_error(err, ckpt=str(cfg.ckpt_path)) or err from None
 
     run_dir = Path(cfg.paths.output_dir)
     split = cfg.split
@@ -200,6 +218,7 @@ def _render_worst(cfg, run_dir, predictor, dataset, per_scene, n) -> list[tuple[
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
+@guard_task("pointseg-eval")
 def _hydra_main(cfg: DictConfig) -> None:
     result = evaluate(cfg)
     split = result["split"]
@@ -208,7 +227,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    _hydra_main()
+    run_hydra(_hydra_main, "eval")
 
 
 if __name__ == "__main__":

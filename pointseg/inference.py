@@ -97,6 +97,19 @@ def voxelize_scene(
     n = len(coord)
     if n == 0:
         raise ValueError("the scan has 0 points: nothing to label")
+    for k in feat_keys:
+        if len(sample[k]) != n:
+            raise ValueError(
+                f"feature '{k}' has {len(sample[k])} rows but coord has {n} points; every "
+                "per-point array must describe the same points"
+            )
+    finite = np.isfinite(coord).all(1)
+    if not finite.all():
+        raise ValueError(
+            f"coord has {int((~finite).sum())} point(s) with NaN/Inf coordinates (first at row "
+            f"{int(np.flatnonzero(~finite)[0])}); leave them out first "
+            "(pointseg.io.read_points(..., nonfinite='drop') does it and says which)"
+        )
     origin = coord.min(0).astype(np.float64)
     dims = np.floor((coord.max(0).astype(np.float64) - origin) / voxel_size).astype(np.int64) + 1
     if dims.max() >= 2**31 - 1 or float(np.prod(dims.astype(np.float64))) >= 2**62:

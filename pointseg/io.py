@@ -74,6 +74,21 @@ def detect_format(path: str | Path, fmt: str | None = None) -> str:
     return FORMATS[ext]
 
 
+_MAGIC = {b"ply": "ply", b"LASF": "las", b"\x93NUMPY": "npy", b"PK\x03\x04": "npz"}
+
+
+def sniff_format(path: str | Path) -> str | None:
+    """The format a file's first bytes prove (PLY, LAS/LAZ, NPY, NPZ, PCD), else None."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    for magic, name in _MAGIC.items():
+        if head.startswith(magic):
+            return name
+    if head.startswith((b"# .PCD", b"VERSION")):
+        return "pcd"
+    return None
+
+
 def read_points(
     path: str | Path,
     *,
@@ -84,16 +99,29 @@ def read_points(
     hag: Sequence[float] = (1.0, 10.0),
     feat_keys: Sequence[str] = (),
     only: Sequence[str] | None = None,
+    nonfinite: str = "error",
 ) -> Sample:
     """Read one file into a sample dict; ``require`` names features that must be present
     (checked before the points are read where the format allows it; ``feat_keys``, the model's
     whole list, makes the error's fix exact). ``hag`` (cell, radius) is used when a LAS model
     needs the height above the local minimum. ``only``: keep just these keys (besides
-    ``coord`` and ``origin``), which saves memory on big files."""
+    ``coord`` and ``origin``), which saves memory on big files. ``nonfinite``: ``"error"``
+    refuses points with NaN/Inf coordinates, ``"drop"`` leaves them out with a warning that
+    counts them and adds ``kept (N,) bool`` (the file's rows that were kept) when any were."""
+    if nonfinite not in ("error", "drop"):
+        raise ValueError(f"nonfinite must be 'error' or 'drop', got {nonfinite!r}")
     path = Path(path)
     if not path.is_file():
         raise PointFileError(f"{path} does not exist or is not a file")
     fmt = detect_format(path, format)
+    actual = sniff_format(path)
+    if actual is not None and actual != fmt:
+        ext = next(e for e, f in FORMATS.items() if f == actual)
+        raise PointFileError(
+            f"{path} is a {actual.upper()} file (by its first bytes), not {fmt.upper()} as "
+            f"{'format=' + str(format) if format else 'its extension'} says; rename it to "
+            f"{path.stem}{ext} or pass format={actual}"
+        )
     if fmt == "las":
         sample = _read_las(
             path, require=require, chunk_size=chunk_size, hag=hag, feat_keys=feat_keys, only=only
@@ -105,13 +133,13 @@ def read_points(
             raise
         except Exception as err:  # parsers raise their own types: name the file once
             raise PointFileError(
-                f"cannot read {path} as {fmt}: {err}; the file is damaged, truncated or not "
-                f"{fmt} (pass format=... if the extension is wrong)"
+                f"cannot read {path} as {fmt}: {err}; the file is damaged or truncated "
+                f"(re-export it), or not {fmt} (pass format=... if the extension is wrong)"
             ) from err
-        sample = _finish(path, sample)
+        sample = _finish(path, sample, nonfinite=nonfinite)
     check_features(path, sample, require, feat_keys=feat_keys)
     if only is not None:
-        sample = {k: v for k, v in sample.items() if k in {"coord", "origin", *only}}
+        sample = {k: v for k, v in sample.items() if k in {"coord", "origin", "kept", *only}}
     return sample
 
 
@@ -122,7 +150,7 @@ def check_features(
     for key in require:
         if key in sample:
             continue
-        have = sorted(k for k in sample if k != "origin")
+        have = sorted(k for k in sample if k not in ("origin", "kept"))
         rest = [k for k in feat_keys if k != key]
         width = sum(_FEAT_WIDTH.get(k, 1) for k in rest)
         retrain = (
@@ -147,19 +175,39 @@ _HOW = {
 }
 
 
-def _finish(path: Path, raw: dict[str, np.ndarray]) -> Sample:
-    """Typed, validated sample from float64 columns; coordinates re-centred if needed."""
+def _finish(path: Path, raw: dict[str, np.ndarray], *, nonfinite: str = "error") -> Sample:
+    """Typed, validated sample from float64 columns; coordinates re-centred if needed.
+    ``nonfinite="drop"`` leaves out points with NaN/Inf coordinates (a warning counts them)
+    and records which were kept in ``kept (N,) bool``; ``"error"`` refuses them."""
     if "coord" not in raw:
         raise PointFileError(f"{path}: no x, y, z coordinates found")
     xyz = np.asarray(raw["coord"], dtype=np.float64)
-    if xyz.ndim != 2 or xyz.shape[1] != 3 or len(xyz) == 0:
-        raise PointFileError(f"{path}: expected (N, 3) coordinates with N > 0, got {xyz.shape}")
+    if xyz.ndim != 2 or xyz.shape[1] != 3:
+        raise PointFileError(f"{path}: expected (N, 3) coordinates, got {xyz.shape}")
+    if len(xyz) == 0:
+        raise PointFileError(f"{path} holds no points; nothing to read")
+    for key, arr in raw.items():
+        if len(arr) != len(xyz):
+            raise PointFileError(f"{path}: '{key}' has {len(arr)} rows for {len(xyz)} points")
     bad = ~np.isfinite(xyz).all(1)
+    kept = None
     if bad.any():
-        raise PointFileError(
-            f"{path}: {int(bad.sum())} point(s) have NaN/Inf coordinates (first at row "
-            f"{int(np.flatnonzero(bad)[0])}); remove them from the file"
-        )
+        nbad, first = int(bad.sum()), int(np.flatnonzero(bad)[0])
+        if nbad == len(xyz):
+            raise PointFileError(
+                f"{path}: all {nbad} points have NaN/Inf coordinates; nothing to read (check "
+                "the file, or format=/columns= if it is read with the wrong layout)"
+            )
+        if nonfinite != "drop":
+            raise PointFileError(
+                f"{path}: {nbad} of {len(xyz)} point(s) have NaN/Inf coordinates (first at row "
+                f"{first}); remove them from the file"
+            )
+        log.warning("%s: %d of %d point(s) have NaN/Inf coordinates (first at row %d): left out",
+                    path, nbad, len(xyz), first)  # fmt: skip
+        kept = ~bad
+        raw = {k: np.asarray(v)[kept] for k, v in raw.items()}
+        xyz = xyz[kept]
     origin = _origin(xyz.min(0), xyz.max(0))
     out: Sample = {"coord": (xyz - origin).astype(np.float32), "origin": origin}
     if "color" in raw:
@@ -173,9 +221,8 @@ def _finish(path: Path, raw: dict[str, np.ndarray]) -> Sample:
         if np.issubdtype(seg.dtype, np.floating) and not np.all(seg == np.round(seg)):
             raise PointFileError(f"{path}: the label column holds non-integer values")
         out["segment"] = seg.astype(np.int64)
-    for key, arr in out.items():
-        if key != "origin" and len(arr) != len(xyz):
-            raise PointFileError(f"{path}: '{key}' has {len(arr)} rows for {len(xyz)} points")
+    if kept is not None:
+        out["kept"] = kept
     return out
 
 
@@ -331,10 +378,12 @@ def _read_npz(path: Path, columns: str | Sequence[str] | None) -> dict[str, np.n
 
 def _read_kitti(path: Path, columns: str | Sequence[str] | None) -> dict[str, np.ndarray]:
     size = path.stat().st_size
-    if size == 0 or size % 16:
+    if size == 0:
+        raise PointFileError(f"{path} is empty (0 bytes, no points); nothing to read")
+    if size % 16:
         raise PointFileError(
             f"{path}: {size} bytes is not a whole number of KITTI points (4 float32 = 16 bytes "
-            "each); the file is truncated or not a KITTI .bin scan"
+            "each); the file is truncated (re-export it) or not a KITTI .bin scan"
         )
     scan = np.fromfile(path, dtype="<f4").reshape(-1, 4)
     return {"coord": scan[:, :3], "strength": scan[:, 3:4]}
@@ -460,7 +509,7 @@ def _read_las(
         reader = laspy.open(path)
     except Exception as err:
         raise PointFileError(
-            f"cannot read {path}: {err}; the file is truncated or not a LAS/LAZ file"
+            f"cannot read {path}: {err}; the file is truncated (re-export it) or not a LAS/LAZ file"
         ) from err
     with reader:
         hdr = reader.header
@@ -470,6 +519,8 @@ def _read_las(
         check_features(path, dict.fromkeys(provides | ({"color"} if has_rgb else set())),
                        require, feat_keys=feat_keys)  # fmt: skip
         n = int(hdr.point_count)
+        if n == 0:
+            raise PointFileError(f"{path} holds no points (its header says 0); nothing to read")
         want = set(provides | {"color"}) if only is None else {*only, *require}
         coord = np.empty((n, 3), np.float32)
         rgb = np.empty((n, 3), np.uint16) if has_rgb and "color" in want else None
@@ -571,10 +622,16 @@ def write_npy(path: str | Path, array: np.ndarray) -> Path:
 
 
 def label_dtype(num_classes: int) -> np.dtype:
-    """Smallest unsigned integer type for labels 0..num_classes-1."""
+    """Smallest unsigned integer type for labels 0..num_classes-1 (its maximum left free)."""
     return np.dtype(
-        np.uint8 if num_classes <= 256 else np.uint16 if num_classes <= 65536 else np.int32
+        np.uint8 if num_classes < 256 else np.uint16 if num_classes < 65536 else np.int32
     )
+
+
+def unlabelled(dtype: np.dtype) -> int:
+    """The label written for points that got none (NaN/Inf coordinates): the dtype's
+    largest value, which ``label_dtype`` keeps free of classes."""
+    return int(np.iinfo(dtype).max)
 
 
 _PLY_TYPES = {"u1": "uchar", "<u2": "ushort", "<i4": "int", "<f4": "float", "<f8": "double"}

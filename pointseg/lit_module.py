@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from pointseg.guards import check_labels
 from pointseg.metrics import ConfusionMatrix, SegmentationScores, scores
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -63,6 +64,9 @@ class SegmentationModule(pl.LightningModule):
         return voxel_logits[batch["inverse"]]  # (N, K)
 
     def model_step(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        # CrossEntropy would fail deep inside (or, on a GPU, with a device-side assert)
+        check_labels(batch["segment"], num_classes=self.num_classes,
+                     ignore_index=self.ignore_index, where="'segment' of a batch")  # fmt: skip
         logits = self(batch)
         loss = self.criterion(logits.float(), batch["segment"])
         return loss, logits

@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from pointseg.guards import explain_state_dict_error, guard_task, run_hydra
 from pointseg.inference import InferenceOptions, Predictor
 from pointseg.io import (
     FORMATS,
@@ -29,6 +30,7 @@ from pointseg.io import (
     atomic_path,
     detect_format,
     read_points,
+    unlabelled,
     write_labeled_ply,
     write_las_classification,
     write_npy,
@@ -139,12 +141,20 @@ def _targets(files: Sequence[Path], out: Path, cfg: DictConfig) -> list[dict[str
     return plans
 
 
-def _write_probs(path: Path, pred: Any, dtype: str, chunk: int) -> None:
+def _write_probs(path: Path, pred: Any, dtype: str, chunk: int, kept: np.ndarray | None) -> None:
+    """(N, K) probabilities in file order; NaN rows for points that were left out."""
     n, k = len(pred.inverse), pred.voxel_probs.shape[1]
     with atomic_path(path) as tmp:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(n, k))
-        for i in range(0, n, chunk):
-            arr[i : i + chunk] = pred.point_probs(i, i + chunk)
+        rows = n if kept is None else len(kept)
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(rows, k))
+        if kept is None:
+            for i in range(0, n, chunk):
+                arr[i : i + chunk] = pred.point_probs(i, i + chunk)
+        else:
+            arr[:] = np.nan
+            rows_kept = np.flatnonzero(kept)
+            for i in range(0, n, chunk):
+                arr[rows_kept[i : i + chunk]] = pred.point_probs(i, i + chunk)
         arr.flush()
         del arr
 
@@ -159,7 +169,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     opts = InferenceOptions.from_config(
         OmegaConf.to_container(cfg.inference, resolve=True), tta=cfg.tta
     )
-    predictor = Predictor.from_checkpoint(cfg.ckpt_path, options=opts, device=cfg.device)
+    try:
+        predictor = Predictor.from_checkpoint(cfg.ckpt_path, options=opts, device=cfg.device)
+    except RuntimeError as err:  # load_state_dict's "size mismatch for ..." list
+        raise explain_state_dict_error(err, ckpt=str(cfg.ckpt_path)) or err from None
     names = predictor.class_names
     amap = cfg.get("asprs_map")
     codes = class_codes(names, OmegaConf.to_container(amap) if OmegaConf.is_config(amap) else amap)
@@ -212,13 +225,24 @@ def _predict_file(
         hag=tuple(cfg.hag),
         feat_keys=predictor.feat_keys,
         only=predictor.file_features,
+        nonfinite=cfg.get("nonfinite", "drop"),
     )
+    kept = sample.pop("kept", None)  # (N,) bool when points with NaN/Inf coordinates were left out
     t_read = time.perf_counter() - t0
     pred = predictor.predict(sample, progress=bar)
     t_pred = time.perf_counter() - t0 - t_read
-    write_npy(plan["labels"], pred.labels)
+    labels = pred.labels
+    if kept is not None:  # every input point gets a label: the left-out ones `unlabelled`
+        none = unlabelled(pred.labels.dtype)
+        labels = np.full(len(kept), none, pred.labels.dtype)
+        labels[kept] = pred.labels
+        log.warning(
+            "%s: %d point(s) with NaN/Inf coordinates not labelled: label %d in %s, left out "
+            "of the PLY", path, len(kept) - len(pred.labels), none, plan["labels"].name
+        )  # fmt: skip
+    write_npy(plan["labels"], labels)
     if "probs" in plan:
-        _write_probs(plan["probs"], pred, cfg.probs_dtype, chunk)
+        _write_probs(plan["probs"], pred, cfg.probs_dtype, chunk, kept)
     if "ply" in plan:
         write_labeled_ply(
             plan["ply"],
@@ -231,7 +255,7 @@ def _predict_file(
         )
     if "las" in plan:
         write_las_classification(path, plan["las"], codes[pred.labels], chunk_size=chunk)
-    n, dt = len(pred.labels), time.perf_counter() - t0
+    n, dt = len(labels), time.perf_counter() - t0
     tqdm.write(
         f"{path.name}: {n:,} points, {pred.num_blocks} block(s), {dt:.1f} s (read {t_read:.1f}, "
         f"infer {t_pred:.1f}, write {dt - t_read - t_pred:.1f}): {n / dt:,.0f} points/s"
@@ -241,16 +265,18 @@ def _predict_file(
         "input": str(path), "points": n, "blocks": pred.num_blocks, "seconds": dt,
         "points_per_s": n / dt, "outputs": {k: str(v) for k, v in plan.items()},
         "class_counts": dict(zip(names, hist.tolist(), strict=True)),
+        "nonfinite_points": 0 if kept is None else int(len(kept) - len(pred.labels)),
     }  # fmt: skip
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")
+@guard_task("pointseg-predict")
 def _hydra_main(cfg: DictConfig) -> None:
     predict(cfg)
 
 
 def main() -> None:
-    _hydra_main()
+    run_hydra(_hydra_main, "predict")
 
 
 if __name__ == "__main__":

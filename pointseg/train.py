@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_only
 
+from pointseg.guards import guard_task, run_hydra
 from pointseg.metrics import format_table
 from pointseg.utils import CONF_DIR, find_last_checkpoint, write_json
 
@@ -95,6 +96,7 @@ def print_summary(result: dict[str, Any]) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+@guard_task("pointseg-train")
 def _hydra_main(cfg: DictConfig) -> None:
     result = train(cfg)
     if rank_zero_only.rank == 0:  # under DDP every rank returns here; one summary is enough
@@ -102,7 +104,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    _hydra_main()
+    run_hydra(_hydra_main, "train")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from pointseg.data.scenes import read_scene
+from pointseg.guards import check_labels
 
 
 class SceneFolder(Dataset):
@@ -18,6 +19,8 @@ class SceneFolder(Dataset):
     ``splits`` are sub-folders of ``root`` (``train``/``val`` for ScanNet, ``Area_1``... for
     S3DIS). ``keys`` are the arrays to load; a missing optional key raises with the
     scene's path. ``loop`` repeats the list per epoch (cheap epochs over few big scenes).
+    Every scene read is checked (see ``check_scene``): arrays of one length, finite
+    coordinates, and with ``num_classes`` labels in ``0..num_classes-1`` or ``ignore_index``.
     """
 
     def __init__(
@@ -29,8 +32,12 @@ class SceneFolder(Dataset):
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         loop: int = 1,
         prepare_hint: str = "pointseg-prepare <dataset> src=<raw data> dst=<root>",
+        num_classes: int | None = None,
+        ignore_index: int = -1,
     ) -> None:
         self.root = Path(root)
+        self.prepare_hint = prepare_hint
+        self.num_classes, self.ignore_index = num_classes, ignore_index
         self.splits = [splits] if isinstance(splits, str) else list(splits)
         self.keys, self.transform, self.loop = tuple(keys), transform, int(loop)
         if not self.root.is_dir():
@@ -62,7 +69,32 @@ class SceneFolder(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} scenes")
-        arrays = read_scene(self.scenes[index % len(self.scenes)], self.keys)
+        folder = self.scenes[index % len(self.scenes)]
+        arrays = read_scene(folder, self.keys)
         sample: dict[str, Any] = {k: np.array(v) for k, v in arrays.items()}  # off the mmap
+        self.check_scene(folder, sample)
         sample["name"] = self.scene_name(index)
         return self.transform(sample) if self.transform else sample
+
+    def check_scene(self, folder: Path, arrays: dict[str, np.ndarray]) -> None:
+        """Refuse a damaged scene, naming its file and the command that rewrites it."""
+        redo = f"re-prepare it ({self.prepare_hint} --overwrite)"
+        n = len(arrays["coord"]) if "coord" in arrays else None
+        if n == 0:
+            raise ValueError(f"{folder / 'coord.npy'} holds no points; {redo} or delete the scene")
+        for key, arr in arrays.items():
+            if n is not None and len(arr) != n:
+                raise ValueError(
+                    f"{folder / f'{key}.npy'} has {len(arr)} rows but coord.npy has {n} points; "
+                    f"{redo}"
+                )
+        if n is not None and not np.isfinite(arrays["coord"]).all():
+            bad = int((~np.isfinite(arrays["coord"]).all(1)).sum())
+            raise ValueError(f"{folder / 'coord.npy'} has {bad} point(s) with NaN/Inf; {redo}")
+        if self.num_classes is not None and "segment" in arrays:
+            check_labels(
+                arrays["segment"], num_classes=self.num_classes, ignore_index=self.ignore_index,
+                where=str(folder / "segment.npy"),
+                fix=f"The dataset's class map and data.num_classes={self.num_classes} disagree: "
+                f"{redo} with the right class map, or set data.num_classes and data.class_names",
+            )  # fmt: skip

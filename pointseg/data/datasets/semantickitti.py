@@ -229,7 +229,9 @@ class SemanticKITTI(Dataset):
         if not (self.root / "sequences").is_dir():
             raise FileNotFoundError(
                 f"{self.root / 'sequences'} does not exist; root must be the folder that holds "
-                f"sequences/. {SOURCE_HINT}"
+                f"sequences/. {SOURCE_HINT}; then check and index it with: pointseg-prepare "
+                f"semantickitti src=<that dataset/ folder> dst=data/semantickitti/index, and train "
+                f"with data.train_dataset.root=<that dataset/ folder>"
             )
         if step < 1:
             raise ValueError(f"step must be >= 1, got {step}")

@@ -1,0 +1,218 @@
+"""Checks on what users hand to pointseg, shared by the entry points (see docs/bad_input.md).
+
+Each check raises an exception whose message names the field or file and the fix, before
+the bad value reaches CrossEntropy, spconv or ``load_state_dict``; ``run_hydra`` adds a
+"did you mean" hint to Hydra's error for a misspelt config key and turns the errors a user
+can cause into one line on stderr with exit status 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+# exit status of a run stopped by bad input (Hydra's own config errors exit with 1)
+INPUT_ERROR_EXIT = 2
+
+
+class LabelRangeError(ValueError):
+    """Labels outside ``0..num_classes-1`` that are not the ignore index."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint used with data of another class count or feature set."""
+
+
+def check_labels(
+    segment: Any, *, num_classes: int, ignore_index: int, where: str, fix: str | None = None
+) -> None:
+    """Raise ``LabelRangeError`` if ``segment`` holds a label that is neither a class
+    (``0..num_classes-1``) nor ``ignore_index``; the message counts and lists them."""
+    import torch
+
+    seg = segment if isinstance(segment, torch.Tensor) else torch.as_tensor(np.asarray(segment))
+    if seg.numel() == 0:
+        return
+    bad = (seg != ignore_index) & ((seg < 0) | (seg >= num_classes))
+    if not bool(bad.any()):
+        return
+    values, counts = torch.unique(seg[bad].cpu(), return_counts=True)
+    pairs = zip(values[:8].tolist(), counts[:8].tolist(), strict=True)
+    listing = ", ".join(f"{v} ({c} points)" for v, c in pairs)
+    more = f" and {len(values) - 8} more value(s)" if len(values) > 8 else ""
+    fix = fix or (
+        "Map them to a class or to the ignore index, or set data.num_classes (and "
+        "data.class_names) to the dataset's class count"
+    )
+    raise LabelRangeError(
+        f"{where}: {int(bad.sum())} label(s) outside the {num_classes} classes "
+        f"0..{num_classes - 1} and not the ignore index {ignore_index}: {listing}{more}. {fix}"
+    )
+
+
+def check_checkpoint_data(stored: Mapping[str, Any], data: Mapping[str, Any], *, ckpt: str) -> None:
+    """Refuse a data config whose class count or input channels differ from those a
+    checkpoint's network was built with (``stored``: the checkpoint's run config)."""
+    model = stored.get("model") or {}
+    net = model.get("net") or {}
+    sdata = stored.get("data") or {}
+    trained_k = model.get("num_classes", net.get("num_classes"))
+    trained_c = net.get("in_channels", sdata.get("in_channels"))
+    problems = []
+    k = data.get("num_classes")
+    names = list(data.get("class_names") or [])
+    if trained_k is not None and k is not None and int(k) != int(trained_k):
+        problems.append(
+            f"data.num_classes={k} ({len(names)} class_names) but the checkpoint predicts "
+            f"{trained_k} classes ({list(sdata.get('class_names') or [])})"
+        )
+    elif trained_k is not None and names and len(names) != int(trained_k):
+        problems.append(
+            f"data.class_names lists {len(names)} classes but the checkpoint predicts {trained_k}"
+        )
+    c = data.get("in_channels")
+    if trained_c is not None and c is not None and int(c) != int(trained_c):
+        problems.append(
+            f"data.in_channels={c} (feat_keys={list(data.get('feat_keys') or [])}) but the "
+            f"checkpoint's network takes {trained_c} input channels "
+            f"(feat_keys={list(sdata.get('feat_keys') or [])})"
+        )
+    if problems:
+        raise CheckpointMismatchError(
+            f"checkpoint {ckpt} does not fit this data: " + "; ".join(problems) + ". Evaluate "
+            "it on data with the classes and features it was trained with (drop the data "
+            "overrides), or train a model for this data: pointseg-train data=<this dataset>"
+        )
+
+
+def explain_state_dict_error(err: RuntimeError, *, ckpt: str) -> CheckpointMismatchError | None:
+    """A short message for ``load_state_dict``'s "size mismatch" error, or None."""
+    found = re.findall(
+        r"size mismatch for ([\w.]+): copying a param with shape torch.Size\((\[[^\]]*\])\) "
+        r"from checkpoint, the shape in current model is torch.Size\((\[[^\]]*\])\)",
+        str(err),
+    )
+    if not found:
+        return None
+    name, have, want = found[0]
+    return CheckpointMismatchError(
+        f"checkpoint {ckpt} holds weights of another shape than the network built from its "
+        f"config: {name} is {have} in the file, {want} in the network ({len(found)} tensor(s) "
+        "differ; a different class count or input feature set). Use the checkpoint with the "
+        "config it was trained with, or retrain"
+    )
+
+
+# ---- Hydra entry points ------------------------------------------------------------------
+def _leaf_keys(node: Any, prefix: str = "") -> Iterator[str]:
+    from omegaconf import DictConfig
+
+    if not isinstance(node, DictConfig):
+        return
+    for key in node:
+        full = f"{prefix}{key}"
+        yield full
+        try:
+            child = node._get_node(key)
+        except Exception:
+            continue
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            yield from _leaf_keys(child, f"{full}.")
+
+
+def key_hints(config_name: str, overrides: Sequence[str], conf_dir: str) -> list[str]:
+    """Hint lines ("did you mean ...") for the ``key=value`` overrides naming no config key."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    sets = [o for o in overrides if "=" in o and not o.startswith(("+", "~", "-"))]
+    groups = [o for o in sets if "." not in o.split("=", 1)[0]]
+    cfg = None
+    for trial in (groups, []):  # with the config groups chosen, else the plain defaults
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+                cfg = compose(config_name=config_name, overrides=list(trial))
+            break
+        except Exception:
+            continue
+        finally:
+            GlobalHydra.instance().clear()
+    if cfg is None:
+        return []
+    keys = list(_leaf_keys(cfg))
+    hints = []
+    for item in sets:
+        key = item.split("=", 1)[0].strip()
+        if "." not in key or key in keys:
+            continue
+        parent, leaf = key.rsplit(".", 1)
+        node = OmegaConf.select(cfg, parent, default=None)
+        if node is not None and hasattr(node, "keys"):  # the parent exists: compare leaf names
+            close = [f"{parent}.{k}" for k in difflib.get_close_matches(leaf, list(node.keys()), 1)]
+        else:
+            close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+        if close:
+            hints.append(f"hint: '{key}' is not a config key; did you mean {close[0]}?")
+        else:
+            hints.append(
+                f"hint: '{key}' is not a config key (print them all with --cfg job); to add a "
+                f"new key, write +{item}"
+            )
+    return hints
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions whose message alone tells the user what to fix (no traceback needed)."""
+    from pointseg.io import PointFileError
+    from pointseg.io_las import LasReadError
+
+    return (
+        PointFileError,
+        LasReadError,
+        LabelRangeError,
+        CheckpointMismatchError,
+        FileNotFoundError,
+    )
+
+
+def guard_task(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a Hydra task: user errors become ``<prog>: error: <message>``, exit status 2."""
+    import functools
+
+    def wrap(task: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(task)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return task(*args, **kwargs)
+            except user_errors() as err:
+                print(f"{prog}: error: {err}", file=sys.stderr)
+                sys.exit(INPUT_ERROR_EXIT)
+
+        return run
+
+    return wrap
+
+
+def run_hydra(hydra_main: Callable[[], Any], config_name: str) -> None:
+    """Run a ``@hydra.main`` function; when it fails, add a hint for misspelt override keys."""
+    from pointseg.utils import CONF_DIR
+
+    try:
+        hydra_main()
+    except SystemExit as stop:
+        if stop.code not in (0, None, INPUT_ERROR_EXIT):
+            overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
+            try:
+                hints = key_hints(config_name, overrides, str(CONF_DIR))
+            except Exception:  # a hint is a courtesy: never mask Hydra's own message
+                hints = []
+            for line in hints:
+                print(line, file=sys.stderr)
+        raise

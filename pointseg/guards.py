@@ -20,7 +20,11 @@ import numpy as np
 INPUT_ERROR_EXIT = 2
 
 
-class LabelRangeError(ValueError):
+class DataError(ValueError):
+    """A prepared scene or sample that cannot be used as it is (empty, NaN/Inf, ragged)."""
+
+
+class LabelRangeError(DataError):
     """Labels outside ``0..num_classes-1`` that are not the ignore index."""
 
 
@@ -176,7 +180,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (
         PointFileError,
         LasReadError,
-        LabelRangeError,
+        DataError,
         CheckpointMismatchError,
         FileNotFoundError,
     )

@@ -287,7 +287,9 @@ def test_array_lengths_differ(ckpt: Path, tmp_path: Path) -> None:
 
 
 # ---- damaged files ----------------------------------------------------------------------------
-def test_truncated_or_corrupt_files(tmp_path: Path, cloud: dict) -> None:
+def test_truncated_or_corrupt_files(
+    tmp_path: Path, cloud: dict, capsys: pytest.CaptureFixture
+) -> None:
     ply = _ply(tmp_path / "a.ply", cloud["xyz"], cloud["rgb"])
     data = ply.read_bytes()
     (tmp_path / "body.ply").write_bytes(data[:-100])
@@ -318,6 +320,9 @@ def test_truncated_or_corrupt_files(tmp_path: Path, cloud: dict) -> None:
     with pytest.raises(SystemExit) as stop:
         prepare_main(["las", f"src={src}", f"dst={tmp_path / 'prepared'}"])
     assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"pointseg-prepare las: error: cannot read {src / 'tile.laz'}" in err
+    assert "re-export" in err and "Traceback" not in err
 
 
 def test_wrong_extension(tmp_path: Path, cloud: dict) -> None:

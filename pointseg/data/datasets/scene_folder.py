@@ -10,7 +10,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from pointseg.data.scenes import read_scene
-from pointseg.guards import check_labels
+from pointseg.guards import DataError, check_labels
 
 
 class SceneFolder(Dataset):
@@ -81,16 +81,16 @@ class SceneFolder(Dataset):
         redo = f"re-prepare it ({self.prepare_hint} --overwrite)"
         n = len(arrays["coord"]) if "coord" in arrays else None
         if n == 0:
-            raise ValueError(f"{folder / 'coord.npy'} holds no points; {redo} or delete the scene")
+            raise DataError(f"{folder / 'coord.npy'} holds no points; {redo} or delete the scene")
         for key, arr in arrays.items():
             if n is not None and len(arr) != n:
-                raise ValueError(
+                raise DataError(
                     f"{folder / f'{key}.npy'} has {len(arr)} rows but coord.npy has {n} points; "
                     f"{redo}"
                 )
         if n is not None and not np.isfinite(arrays["coord"]).all():
             bad = int((~np.isfinite(arrays["coord"]).all(1)).sum())
-            raise ValueError(f"{folder / 'coord.npy'} has {bad} point(s) with NaN/Inf; {redo}")
+            raise DataError(f"{folder / 'coord.npy'} has {bad} point(s) with NaN/Inf; {redo}")
         if self.num_classes is not None and "segment" in arrays:
             check_labels(
                 arrays["segment"], num_classes=self.num_classes, ignore_index=self.ignore_index,

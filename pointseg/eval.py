@@ -36,22 +36,10 @@ log = logging.getLogger(__name__)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint {path} does not exist; pass ckpt_path=<run_dir>/checkpoints/best.ckpt"
-        )
-    try:
-        # our own checkpoints hold plain config containers next to the weights
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise ValueError(f"cannot read checkpoint {path}: {err}; is it a complete .ckpt?") from err
-    if "pointseg_config" not in ckpt or "state_dict" not in ckpt:
-        raise ValueError(
-            f"{path} is not a pointseg checkpoint (no stored config or state_dict); "
-            "use a .ckpt written by pointseg-train"
-        )
-    return ckpt
+    """A checkpoint of pointseg-train or pointseg-prune (dense, compressed or channel-pruned)."""
+    from pointseg.checkpoint import load_checkpoint as load
+
+    return load(path)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

@@ -269,15 +269,13 @@ class Predictor:
         import hydra
         from omegaconf import OmegaConf
 
+        from pointseg.checkpoint import build_net, load_checkpoint
         from pointseg.data.transforms import Compose, Voxelize
-        from pointseg.eval import load_checkpoint
 
         ckpt = load_checkpoint(path) if ckpt is None else ckpt
         stored = OmegaConf.create(ckpt["pointseg_config"])
         data = OmegaConf.merge(stored.data, data_overrides or {})
-        net = hydra.utils.instantiate(stored.model.net)
-        state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-        net.load_state_dict(state)
+        net = build_net(ckpt)
         transforms = list(hydra.utils.instantiate(data.val_transforms))
         if not transforms or not isinstance(transforms[-1], Voxelize):
             raise ValueError(

@@ -8,6 +8,8 @@ is imported first: it patches spconv.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import spconv.pytorch as spconv
 from torch import nn
 
@@ -73,7 +75,8 @@ class BasicBlock(spconv.SparseModule):
     1x1 projection + BN when the channel count changes. A 1x1 submanifold conv is a per-row matmul,
     so the projection is an ``nn.Linear`` on the features (same maths, no rulebook, plain weights).
     Sites and row order are unchanged. ``indice_key`` names the rulebook shared by every k=3 subm
-    conv of one resolution level, so it is computed once per forward.
+    conv of one resolution level, so it is computed once per forward. ``mid_channels`` (default
+    ``out_channels``) is the width between conv1 and conv2, e.g. after channel pruning.
     """
 
     def __init__(
@@ -83,11 +86,15 @@ class BasicBlock(spconv.SparseModule):
         *,
         indice_key: str,
         bn_momentum: float = BN_MOMENTUM,
+        mid_channels: int | None = None,
     ) -> None:
         super().__init__()
-        self.conv1 = subm_conv3d(in_channels, out_channels, 3, indice_key=indice_key)
-        self.bn1 = batch_norm(out_channels, momentum=bn_momentum)
-        self.conv2 = subm_conv3d(out_channels, out_channels, 3, indice_key=indice_key)
+        mid = out_channels if mid_channels is None else int(mid_channels)
+        if mid < 1:
+            raise ValueError(f"mid_channels must be positive, got {mid}")
+        self.conv1 = subm_conv3d(in_channels, mid, 3, indice_key=indice_key)
+        self.bn1 = batch_norm(mid, momentum=bn_momentum)
+        self.conv2 = subm_conv3d(mid, out_channels, 3, indice_key=indice_key)
         self.bn2 = batch_norm(out_channels, momentum=bn_momentum)
         self.relu = nn.ReLU(inplace=True)
         self.proj: nn.Module | None = None
@@ -115,14 +122,21 @@ def residual_stack(
     *,
     indice_key: str,
     bn_momentum: float = BN_MOMENTUM,
+    mid_channels: Sequence[int] | None = None,
 ) -> spconv.SparseSequential:
-    """``num_blocks`` basic blocks; the first maps ``in_channels`` to ``out_channels``."""
+    """``num_blocks`` basic blocks; the first maps ``in_channels`` to ``out_channels``.
+    ``mid_channels`` gives each block's inner width (default: ``out_channels``)."""
+    if mid_channels is not None and len(mid_channels) != num_blocks:
+        raise ValueError(
+            f"mid_channels {list(mid_channels)} needs one width per block ({num_blocks})"
+        )
     blocks = [
         BasicBlock(
             in_channels if i == 0 else out_channels,
             out_channels,
             indice_key=indice_key,
             bn_momentum=bn_momentum,
+            mid_channels=None if mid_channels is None else mid_channels[i],
         )
         for i in range(num_blocks)
     ]

@@ -6,11 +6,15 @@ with num_stages = len(channels) // 2: the first half of ``channels`` / ``layers`
 encoder stages (coarser and coarser), the second half the decoder stages (back to full
 resolution). Every inverse conv reuses the rulebook of its strided conv (same ``indice_key``), so
 the output has exactly the input voxels, in the input row order.
+
+``widths`` (optional) sets every layer's width explicitly, e.g. for a channel-pruned network
+(``pointseg.prune.structured``); by default they follow ``stem_channels`` and ``channels``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import spconv.pytorch as spconv
 import torch
@@ -54,6 +58,58 @@ def _check_config(channels: Sequence[int], layers: Sequence[int]) -> tuple[tuple
     return channels, layers
 
 
+WIDTH_KEYS = ("stem", "down", "enc_mid", "up", "dec", "dec_mid")
+
+
+def resolve_widths(
+    stem_channels: int,
+    channels: Sequence[int],
+    layers: Sequence[int],
+    widths: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Every layer width of the network, as plain ints and lists.
+
+    ``stem``: stem output; ``down[i]``: encoder stage i (strided conv and its residual blocks);
+    ``enc_mid[i][b]``: inner width of block b of encoder stage i; ``up[j]``: inverse conv of
+    decoder stage j; ``dec[j]``: decoder stage j output; ``dec_mid[j][b]``: inner widths.
+    Keys missing from ``widths`` take the defaults of ``stem_channels`` and ``channels``.
+    """
+    n = len(channels) // 2
+    out: dict[str, Any] = {
+        "stem": int(stem_channels),
+        "down": list(channels[:n]),
+        "enc_mid": [[int(c)] * layers[i] for i, c in enumerate(channels[:n])],
+        "up": list(channels[n:]),
+        "dec": list(channels[n:]),
+        "dec_mid": [[int(c)] * layers[n + j] for j, c in enumerate(channels[n:])],
+    }
+    given = dict(widths or {})
+    unknown = sorted(set(given) - set(WIDTH_KEYS))
+    if unknown:
+        raise ValueError(f"model.net.widths: unknown key(s) {unknown}; known: {list(WIDTH_KEYS)}")
+    for key, value in given.items():
+        if key == "stem":
+            out[key] = int(value)
+        elif key in ("enc_mid", "dec_mid"):
+            value = [[int(c) for c in stage] for stage in value]
+            if [len(v) for v in value] != [len(v) for v in out[key]]:
+                raise ValueError(
+                    f"model.net.widths.{key} must give one width per block "
+                    f"({[len(v) for v in out[key]]} per stage), got {value}"
+                )
+            out[key] = value
+        else:
+            value = [int(c) for c in value]
+            if len(value) != n:
+                raise ValueError(f"model.net.widths.{key} needs {n} entries, got {value}")
+            out[key] = value
+    flat = [out["stem"], *out["down"], *out["up"], *out["dec"]]
+    flat += [c for key in ("enc_mid", "dec_mid") for stage in out[key] for c in stage]
+    if any(c < 1 for c in flat):
+        raise ValueError(f"model.net.widths must all be positive, got {out}")
+    return out
+
+
 class SparseUNet(nn.Module):
     """Sparse U-Net: (M, C_in) voxel features -> (M, num_classes) logits, same row order."""
 
@@ -68,6 +124,7 @@ class SparseUNet(nn.Module):
         stem_kernel: int = 5,
         dropout: float = 0.0,
         bn_momentum: float = BN_MOMENTUM,
+        widths: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         channels, layers = _check_config(channels, layers)
@@ -81,23 +138,28 @@ class SparseUNet(nn.Module):
         self.num_stages = n = len(channels) // 2
         bn = {"bn_momentum": bn_momentum}
 
+        self.widths = w = resolve_widths(stem_channels, channels, layers, widths)
+
         # A k=3 stem can share the full-resolution rulebook with the last decoder stage.
         stem_key = "subm0" if stem_kernel == 3 else "stem"
-        stem_conv = subm_conv3d(in_channels, stem_channels, stem_kernel, indice_key=stem_key)
-        self.stem = ConvBNReLU(stem_conv, stem_channels, **bn)
+        stem_conv = subm_conv3d(in_channels, w["stem"], stem_kernel, indice_key=stem_key)
+        self.stem = ConvBNReLU(stem_conv, w["stem"], **bn)
 
         # Encoder stage i goes from level i to level i + 1 (level 0 = input resolution).
-        width = [stem_channels, *channels[:n]]  # width[level] of the encoder features
+        width = [w["stem"], *w["down"]]  # width[level] of the encoder features
         self.encoders = nn.ModuleList()
         for i in range(n):
             down = strided_conv3d(width[i], width[i + 1], indice_key=f"down{i + 1}")
+            blocks = residual_stack(
+                width[i + 1],
+                width[i + 1],
+                layers[i],
+                indice_key=f"subm{i + 1}",
+                mid_channels=w["enc_mid"][i],
+                **bn,
+            )
             self.encoders.append(
-                spconv.SparseSequential(
-                    ConvBNReLU(down, width[i + 1], **bn),
-                    residual_stack(
-                        width[i + 1], width[i + 1], layers[i], indice_key=f"subm{i + 1}", **bn
-                    ),
-                )
+                spconv.SparseSequential(ConvBNReLU(down, width[i + 1], **bn), blocks)
             )
 
         # Decoder stage j goes from level n - j back to level n - j - 1, undoing "down{n - j}",
@@ -105,19 +167,24 @@ class SparseUNet(nn.Module):
         self.ups, self.decoders = nn.ModuleList(), nn.ModuleList()
         prev = width[n]
         for j in range(n):
-            level, out = n - j - 1, channels[n + j]
-            up = inverse_conv3d(prev, out, indice_key=f"down{level + 1}")
-            self.ups.append(ConvBNReLU(up, out, **bn))
+            level, up_w, out = n - j - 1, w["up"][j], w["dec"][j]
+            up = inverse_conv3d(prev, up_w, indice_key=f"down{level + 1}")
+            self.ups.append(ConvBNReLU(up, up_w, **bn))
             self.decoders.append(
                 residual_stack(
-                    out + width[level], out, layers[n + j], indice_key=f"subm{level}", **bn
+                    up_w + width[level],
+                    out,
+                    layers[n + j],
+                    indice_key=f"subm{level}",
+                    mid_channels=w["dec_mid"][j],
+                    **bn,
                 )
             )
             prev = out
 
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         # A Linear head, not a 1x1 sparse conv: its bias is safe on CPU in eval mode.
-        self.head = nn.Linear(channels[-1], num_classes)
+        self.head = nn.Linear(prev, num_classes)
 
     def forward(self, feat: Tensor, indices: Tensor, batch_size: int) -> Tensor:
         """feat (M, C_in) float32/float16, indices (M, 4) int32 [b, x, y, z] -> (M, K) logits."""

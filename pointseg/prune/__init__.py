@@ -1,0 +1,16 @@
+"""Model compression: ``pointseg-prune ckpt_path=... prune=<method> prune.amount=...``.
+
+Methods: ``magnitude``, ``l1``, ``structured``.
+
+``pointseg.prune.unstructured`` (global magnitude masks, cubic schedule, L1 penalty),
+``pointseg.prune.structured`` (channel removal for ``SparseUNet``), ``pointseg.prune.run``
+(the pipeline: sweep, fine-tune, save, measure, report).
+"""
+
+from __future__ import annotations
+
+
+def main() -> None:
+    from pointseg.prune.run import hydra_main
+
+    hydra_main()

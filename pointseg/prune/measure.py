@@ -1,0 +1,110 @@
+"""What a pruning run measures: val mIoU, CPU latency, multiply-accumulates, sizes on disk."""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import spconv.pytorch as spconv
+import torch
+from torch import nn
+
+from pointseg.metrics import ConfusionMatrix, scores
+
+
+@torch.inference_mode()
+def val_miou(module: nn.Module, loader: Any, *, num_classes: int, ignore_index: int) -> float:
+    """Point-level mIoU of a ``SegmentationModule`` over ``loader`` (eval mode), as
+    ``pointseg-eval`` computes it."""
+    was_training = module.training
+    module.eval()
+    cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
+    for batch in loader:
+        cm.update(module(batch).argmax(1), batch["segment"])
+    module.train(was_training)
+    return float(scores(cm.compute()).miou)
+
+
+@dataclass(frozen=True)
+class Latency:
+    median_ms: float
+    min_ms: float
+    runs: int
+
+
+@torch.inference_mode()
+def compare_latency(
+    nets: Mapping[str, nn.Module],
+    batch: Mapping[str, Any],
+    *,
+    warmup: int = 2,
+    runs: int = 7,
+    progress: Callable[[], None] | None = None,
+) -> dict[str, Latency]:
+    """Forward time of every net on the same batch, in one process, runs interleaved
+    (net A, net B, net A, ...) so that load from other processes hits all of them alike."""
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"latency runs must be >= 1 and warmup >= 0, got {runs}, {warmup}")
+    times: dict[str, list[float]] = {name: [] for name in nets}
+    for net in nets.values():
+        net.eval()
+    for r in range(warmup + runs):
+        order = list(nets.items()) if r % 2 == 0 else list(reversed(nets.items()))
+        for name, net in order:
+            t0 = time.perf_counter()
+            net(batch["feat"], batch["indices"], batch["batch_size"])
+            dt = time.perf_counter() - t0
+            if r >= warmup:
+                times[name].append(dt * 1000.0)
+        if progress is not None:
+            progress()
+    return {name: Latency(statistics.median(t), min(t), len(t)) for name, t in times.items()}
+
+
+@torch.inference_mode()
+def count_macs(net: nn.Module, batch: Mapping[str, Any]) -> int:
+    """Multiply-accumulates of one forward: rulebook pairs x C_in x C_out for every sparse conv
+    (as counted by spconv on this input), rows x C_in x C_out for every linear layer."""
+    total = 0
+
+    def conv_hook(mod, inputs, out) -> None:
+        nonlocal total
+        pairs = int(out.indice_dict[mod.indice_key].indice_pair_num.sum())
+        total += pairs * mod.in_channels * mod.out_channels
+
+    def linear_hook(mod, inputs, out) -> None:
+        nonlocal total
+        total += inputs[0].shape[0] * mod.in_features * mod.out_features
+
+    handles = []
+    for mod in net.modules():
+        if isinstance(mod, spconv.conv.SparseConvolution):
+            handles.append(mod.register_forward_hook(conv_hook))
+        elif isinstance(mod, nn.Linear):
+            handles.append(mod.register_forward_hook(linear_hook))
+    try:
+        net.eval()
+        net(batch["feat"], batch["indices"], batch["batch_size"])
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def serialized_size(obj: Any) -> int:
+    """Bytes ``torch.save`` writes for ``obj`` (what the file on disk would hold)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getbuffer().nbytes
+
+
+def nonzero_parameters(net: nn.Module) -> int:
+    return sum(int((p != 0).sum()) for p in net.parameters())
+
+
+def num_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())

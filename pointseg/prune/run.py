@@ -1,0 +1,327 @@
+"""``pointseg-prune``: prune a trained checkpoint, fine-tune it, save it, report the trade-off.
+
+Steps: rebuild model and data from the checkpoint's stored config; score the dense model on
+val; sweep one-shot pruning levels (the before-fine-tuning curve); prune with the chosen
+method and fine-tune through Lightning on the checkpoint's own training data; save the
+pruned weights (dense layout and, for unstructured sparsity, the compressed format); time the
+dense and the pruned network on the same CPU scene; write ``prune_report.md``,
+``prune_curve.png`` and ``metrics.json`` into the run dir.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from pointseg.checkpoint import build_module, load_checkpoint, save_checkpoint, weights_checkpoint
+from pointseg.data.collate import collate
+from pointseg.prune import measure, structured, unstructured
+from pointseg.prune.report import write_prune_report
+from pointseg.utils import CONF_DIR, write_json
+
+log = logging.getLogger(__name__)
+METHODS = ("magnitude", "l1", "structured")
+
+
+def check_prune_config(p: DictConfig) -> None:
+    method = p.get("method")
+    if method not in METHODS:
+        raise ValueError(f"prune.method must be one of {list(METHODS)}, got {method!r}")
+    unstructured.check_amount(p.get("amount"), field="prune.amount")
+    for a in p.get("sweep") or []:
+        unstructured.check_amount(a, field="prune.sweep")
+    for key in ("epochs", "recover_epochs"):
+        v = p.get(key, 0)
+        if not isinstance(v, int) or v < 0:
+            raise ValueError(f"prune.{key} must be an integer >= 0, got {v!r}")
+    if not float(p.get("lr", 0)) > 0:
+        raise ValueError(f"prune.lr must be > 0, got {p.get('lr')!r}")
+    if not 0.0 <= float(p.get("ramp", 0.0)) <= 1.0:
+        raise ValueError("prune.ramp (fraction of fine-tuning steps) must be in [0, 1]")
+
+
+def prune(cfg: DictConfig) -> dict[str, Any]:
+    p = cfg.prune
+    check_prune_config(p)
+    amount, method = float(p.amount), str(p.method)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(cfg.paths.output_dir)
+    ckpt = load_checkpoint(cfg.ckpt_path)
+    stored = OmegaConf.create(ckpt["pointseg_config"])
+    if method == "structured" and stored.model.net.get("_target_") != (
+        "pointseg.models.sparse_unet.SparseUNet"
+    ):
+        raise ValueError(f"prune=structured needs a SparseUNet checkpoint, got {cfg.ckpt_path}")
+    data_cfg = OmegaConf.merge(stored.data, cfg.get("data") or {})
+    datamodule = hydra.utils.instantiate(data_cfg)
+    dense = build_module(ckpt)
+    num_classes, ignore = int(data_cfg.num_classes), int(data_cfg.ignore_index)
+
+    def evaluate(module: torch.nn.Module) -> float:
+        loader = datamodule.val_dataloader()
+        return measure.val_miou(module, loader, num_classes=num_classes, ignore_index=ignore)
+
+    progress = bool(cfg.get("progress", True))
+    sweep_levels = sorted({float(a) for a in (p.get("sweep") or [])} | {amount})
+    bar = tqdm(total=1 + len(sweep_levels), desc="one-shot sweep (val)", disable=not progress)
+    dense_miou = evaluate(dense)
+    bar.update(1)
+    sweep: list[dict[str, Any]] = []
+    before_module, net_cfg = None, None
+    for a in sweep_levels:
+        one_shot, cfg_a = _one_shot(method, dense, stored, a, criterion=p.get("criterion", "bn"))
+        miou = evaluate(one_shot)
+        sweep.append({"amount": a, "sparsity": _sparsity(method, one_shot, a), "miou": miou})
+        if a == amount:
+            before_module, net_cfg = one_shot, cfg_a
+        bar.update(1)
+    bar.close()
+    before = next(s for s in sweep if s["amount"] == amount)
+    log.info("dense val mIoU %.4f; one-shot %s", dense_miou, sweep)
+
+    # --- prune + fine-tune -------------------------------------------------------------
+    def fit(module: Any, callbacks: list, *, epochs: int, stage: str) -> None:
+        _finetune(cfg, stored, module, datamodule, callbacks, epochs=epochs, stage=stage)
+
+    trajectory: list[dict[str, Any]] = []
+    if method == "structured":
+        module = copy.deepcopy(before_module)
+        fit(module, [], epochs=int(p.epochs), stage="finetune")
+    else:
+        module = _fresh(dense, stored)
+        if method == "magnitude":
+            steps = int(p.epochs) * len(datamodule.train_dataloader())
+            cb = unstructured.MaskedFineTuning(
+                final=amount, ramp_steps=int(p.ramp * steps), update_every=int(p.update_every)
+            )
+            fit(module, [cb], epochs=int(p.epochs), stage="finetune")
+        else:  # l1: penalised fine-tuning, thresholding, then masked recovery
+            cb = unstructured.L1Penalty(l1=float(p.l1), group=float(p.group_lasso))
+            fit(module, [cb], epochs=int(p.epochs), stage="l1")
+            trajectory.append(
+                {
+                    "stage": "after L1 fine-tuning",
+                    "sparsity": unstructured.weight_sparsity(module.net).fraction,
+                    "miou": evaluate(module),
+                }
+            )
+            masks = unstructured.global_magnitude_masks(
+                unstructured.prunable_weights(module.net), amount
+            )
+            unstructured.apply_masks(module.net, masks)
+            trajectory.append(
+                {"stage": "thresholded", "sparsity": amount, "miou": evaluate(module)}
+            )
+            hold = unstructured.MaskedFineTuning(final=amount, ramp_steps=0)
+            fit(module, [hold], epochs=int(p.recover_epochs), stage="recover")
+    after_miou = evaluate(module)
+    trajectory.append({"stage": "fine-tuned", "sparsity": amount, "miou": after_miou})
+
+    # --- save ---------------------------------------------------------------------------
+    config = OmegaConf.to_container(stored, resolve=True)
+    if method == "structured":
+        config["model"]["net"] = net_cfg
+    meta = {
+        "pruning": {
+            "method": method,
+            "amount": amount,
+            "weight_sparsity": unstructured.weight_sparsity(module.net).fraction,
+            "source": str(Path(cfg.ckpt_path).resolve()),
+        }
+    }
+    ckpt_dir = run_dir / "checkpoints"
+    files: dict[str, dict[str, Any]] = {}
+    pruned_path = save_checkpoint(
+        weights_checkpoint(module.state_dict(), config, extra=meta), ckpt_dir / "pruned.ckpt"
+    )
+    files["weights only, dense layout"] = {"path": str(pruned_path)}
+    final_path = pruned_path
+    if method != "structured":
+        sparse_path = save_checkpoint(
+            weights_checkpoint(module.state_dict(), config, compressed=True, extra=meta),
+            ckpt_dir / "pruned_sparse.ckpt",
+        )
+        files["compressed (bitmask + values)"] = {"path": str(sparse_path)}
+        final_path = sparse_path
+        restored = load_checkpoint(sparse_path)["state_dict"]
+        for k, v in module.state_dict().items():  # the stored file must give these exact bits
+            if not torch.equal(restored[k], v.cpu()):
+                raise RuntimeError(f"{sparse_path}: {k} does not round-trip")
+    for info in files.values():
+        info["size_bytes"] = Path(info["path"]).stat().st_size
+    dense_size = measure.serialized_size(weights_checkpoint(dense.state_dict(), config))
+
+    # --- latency + MACs on one fixed val scene -------------------------------------------------
+    scene = int(cfg.report.latency_scene)
+    batch = collate([datamodule.dataset("val")[scene]])
+    nets = {"dense": dense.net, "pruned": module.net}
+    runs, warmup = int(cfg.report.latency_runs), int(cfg.report.latency_warmup)
+    lbar = tqdm(total=runs + warmup, desc="CPU latency", disable=not progress)
+    lat = measure.compare_latency(
+        nets, batch, warmup=warmup, runs=runs, progress=lambda: lbar.update(1)
+    )
+    lbar.close()
+
+    def summary(mod: Any, miou: float, sparsity: float, size: int | None, latency) -> dict:
+        return {
+            "miou": miou,
+            "sparsity": sparsity,
+            "params": measure.num_parameters(mod.net),
+            "nonzero": measure.nonzero_parameters(mod.net),
+            "size_bytes": size,
+            "latency_ms": None if latency is None else latency.median_ms,
+            "macs": measure.count_macs(mod.net, batch),
+        }
+
+    final_size = Path(final_path).stat().st_size
+    sparsity_after = _sparsity(method, module, amount)
+    result: dict[str, Any] = {
+        "method": method,
+        "amount": amount,
+        "x_label": "fraction of channels removed" if method == "structured" else "weight sparsity",
+        "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
+        "source_size_bytes": Path(cfg.ckpt_path).stat().st_size,
+        "finetune": _describe(p),
+        "dense": summary(dense, dense_miou, 0.0, dense_size, lat["dense"]),
+        "before": summary(before_module, before["miou"], before["sparsity"], None, None),
+        "after": summary(module, after_miou, sparsity_after, final_size, lat["pruned"]),
+        "sweep": sweep,
+        "trajectory": trajectory,
+        "latency": {
+            "scene": scene,
+            "voxels": int(batch["feat"].shape[0]),
+            "threads": torch.get_num_threads(),
+            "runs": runs,
+            "warmup": warmup,
+            "dense_ms": lat["dense"].median_ms,
+            "pruned_ms": lat["pruned"].median_ms,
+            "speedup": lat["dense"].median_ms / lat["pruned"].median_ms,
+        },
+        "files": files,
+        "pruned_ckpt": str(Path(final_path).resolve()),
+        "run_dir": str(run_dir.resolve()),
+    }
+    if method == "structured":
+        result["widths"] = module.net.widths
+    write_json(run_dir / "metrics.json", result)
+    if (cfg.get("report") or {}).get("enabled", True):
+        result["report"] = str(write_prune_report(run_dir, result))
+    return result
+
+
+def _sparsity(method: str, module: Any, amount: float) -> float:
+    """x of the curve: weight sparsity, or the fraction of channels removed (structured)."""
+    if method == "structured":
+        return amount
+    return unstructured.weight_sparsity(module.net).fraction
+
+
+def _fresh(dense: Any, stored: DictConfig) -> Any:
+    module = hydra.utils.instantiate(stored.model)
+    module.load_state_dict(dense.state_dict())
+    return module
+
+
+def _one_shot(
+    method: str, dense: Any, stored: DictConfig, amount: float, *, criterion: str
+) -> tuple[Any, dict[str, Any] | None]:
+    """The dense model pruned to ``amount`` without any training, and its new net config."""
+    if method != "structured":  # magnitude and l1 both end in global magnitude masks
+        module = _fresh(dense, stored)
+        weights = unstructured.prunable_weights(module.net)
+        unstructured.apply_masks(module.net, unstructured.global_magnitude_masks(weights, amount))
+        return module, None
+    net = dense.net
+    plan = structured.channel_plan(net)
+    keep = structured.select_channels(structured.channel_scores(net, plan, by=criterion), amount)
+    small_net, net_cfg = structured.prune_channels(
+        net, OmegaConf.to_container(stored.model.net, resolve=True), keep
+    )
+    model_cfg = OmegaConf.to_container(stored.model, resolve=True)
+    model_cfg["net"] = net_cfg
+    module = hydra.utils.instantiate(model_cfg)
+    module.net.load_state_dict(small_net.state_dict())
+    return module, net_cfg
+
+
+def _finetune(
+    cfg: DictConfig,
+    stored: DictConfig,
+    module: Any,
+    datamodule: Any,
+    callbacks: list,
+    *,
+    epochs: int,
+    stage: str,
+) -> None:
+    """``epochs`` epochs of Lightning training with the checkpoint's optimizer at ``prune.lr``
+    (one-cycle schedule), without validation (the caller scores the result)."""
+    if epochs <= 0:
+        return
+    import functools
+
+    from pytorch_lightning.callbacks import TQDMProgressBar
+
+    lr = float(cfg.prune.lr)
+    opt_cfg = OmegaConf.to_container(stored.model.optimizer, resolve=True)
+    opt_cfg["lr"] = lr
+    module.optimizer_factory = hydra.utils.instantiate(opt_cfg)
+    module.scheduler_factory = functools.partial(
+        torch.optim.lr_scheduler.OneCycleLR, max_lr=lr, pct_start=0.1, div_factor=10.0,
+        final_div_factor=100.0,
+    )  # fmt: skip
+    progress = bool(cfg.get("progress", True))
+    trainer = pl.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        precision=cfg.trainer.precision,
+        max_epochs=epochs,
+        logger=pl.loggers.CSVLogger(Path(cfg.paths.output_dir), name="csv", version=stage),
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=5,
+        callbacks=[*callbacks, *([TQDMProgressBar(refresh_rate=1)] if progress else [])],
+        enable_progress_bar=progress,
+        default_root_dir=cfg.paths.output_dir,
+    )
+    trainer.fit(module, datamodule=datamodule)
+
+
+def _describe(p: DictConfig) -> str:
+    if p.method == "magnitude":
+        return (
+            f"{p.epochs} epochs at lr {p.lr}; global magnitude sparsity ramped 0 -> {p.amount} "
+            f"(cubic) over the first {100 * float(p.ramp):.0f} % of the steps, masks "
+            f"recomputed every {p.update_every} step(s)"
+        )
+    if p.method == "l1":
+        return (
+            f"{p.epochs} epochs at lr {p.lr} with L1 penalty {p.l1} and group lasso "
+            f"{p.group_lasso}, thresholded to {p.amount}, then {p.recover_epochs} masked epochs"
+        )
+    return f"{p.epochs} epochs at lr {p.lr} after removing channels (ranked by {p.criterion})"
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="prune")
+def hydra_main(cfg: DictConfig) -> None:
+    result = prune(cfg)
+    dense, after, lat = result["dense"], result["after"], result["latency"]
+    print(f"dense val/miou: {dense['miou']:.4f}")
+    print(f"pruned val/miou: {after['miou']:.4f} ({result['x_label']} {result['amount']})")
+    ms = f"{lat['dense_ms']:.1f} ms -> {lat['pruned_ms']:.1f} ms"
+    print(f"CPU latency: {ms} ({lat['speedup']:.2f}x)")
+    print(f"pruned_ckpt: {result['pruned_ckpt']}")
+    print(f"run_dir: {result['run_dir']}")

@@ -236,6 +236,8 @@ class _Layout:
         rng, (hx, hy) = self.rng, m.half
         if m.height > self.room.height - 0.1:
             return None
+        if not wall and 2 * (max(hx, hy) + grow) > min(self.room.width, self.room.depth):
+            return None  # too big to stand free in this (small) room
         for _ in range(tries):
             if wall:
                 spot = self.wall_spot(2 * hx)

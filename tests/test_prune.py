@@ -302,8 +302,27 @@ def test_structured_run_rebuilds_the_smaller_network_from_its_checkpoint(
 def test_l1_run_thresholds_to_the_requested_sparsity(compose_cfg, tiny_ckpt: Path) -> None:
     result = _prune(compose_cfg, tiny_ckpt, "prune=l1", "prune.amount=0.5", "prune.sweep=[]",
                     "prune.recover_epochs=1", "prune.group_lasso=1e-4")  # fmt: skip
-    assert [t["stage"] for t in result["trajectory"]] == [
-        "after L1 fine-tuning", "thresholded", "fine-tuned"
-    ]  # fmt: skip
+    stages = [t["stage"] for t in result["trajectory"]]
+    assert stages == [
+        "after L1 fine-tuning",
+        "thresholded",
+        "fine-tuned",
+        "fine-tuned, BN recalibrated",
+    ]
+    assert result["after"]["miou"] == result["trajectory"][-1]["miou"]
     net = build_net(load_checkpoint(result["pruned_ckpt"]))
     assert unstructured.weight_sparsity(net).fraction == pytest.approx(0.5, abs=1e-4)
+
+
+def test_bn_recalibration_averages_every_batch_and_keeps_weights() -> None:
+    from pointseg.prune.finetune import recalibrate_bn
+
+    bn = torch.nn.BatchNorm1d(3, momentum=0.02).eval()
+    bn.running_mean.fill_(5.0)
+    weight = bn.weight.detach().clone()
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(50, 3, generator=g) + i for i in range(3)]
+    assert recalibrate_bn(bn, batches) == 3
+    want = torch.stack([b.mean(0) for b in batches]).mean(0)
+    torch.testing.assert_close(bn.running_mean, want)
+    assert bn.momentum == 0.02 and not bn.training and torch.equal(bn.weight, weight)

@@ -38,7 +38,8 @@ def write_prune_report(run_dir: str | Path, result: Mapping[str, Any]) -> Path:
         f"Source checkpoint: `{result['ckpt_path']}`  ",
         f"Fine-tuning: {result['finetune']}",
         "",
-        "| model | sparsity | val mIoU | change (points) | parameters | non-zero "
+        f"| model | {'channels removed' if result['method'] == 'structured' else 'sparsity'} "
+        "| val mIoU | change (points) | parameters | non-zero "
         "| checkpoint | CPU latency (ms) | speed-up | GMACs |",
         "|---|---|---|---|---|---|---|---|---|---|",
         _row("dense (source)", dense, dense),
@@ -46,7 +47,8 @@ def write_prune_report(run_dir: str | Path, result: Mapping[str, Any]) -> Path:
         _row("pruned, fine-tuned", after, dense),
         "",
         "Sparsity: zero weights among all sparse-conv and linear weights (BatchNorm and biases "
-        "are never pruned). Checkpoint: bytes on disk of a weights-only checkpoint (the dense "
+        "are never pruned); channels removed: the fraction taken from every channel group. "
+        "Checkpoint: bytes on disk of a weights-only checkpoint (the dense "
         f"row: {_mb(dense['size_bytes'])} weights only; the source file with optimizer state is "
         f"{_mb(result['source_size_bytes'])}). "
         f"CPU latency: forward pass on val scene {lat['scene']} ({lat['voxels']:,} voxels), "

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from pointseg.checkpoint import build_module, load_checkpoint, save_checkpoint, weights_checkpoint
 from pointseg.data.collate import collate
 from pointseg.prune import measure, structured, unstructured
+from pointseg.prune.finetune import finetune, recalibrate_bn
 from pointseg.prune.report import write_prune_report
 from pointseg.utils import CONF_DIR, write_json
 
@@ -92,11 +93,30 @@ def prune(cfg: DictConfig) -> dict[str, Any]:
 
     # --- prune + fine-tune -------------------------------------------------------------
     def fit(module: Any, callbacks: list, *, epochs: int, stage: str) -> None:
-        _finetune(cfg, stored, module, datamodule, callbacks, epochs=epochs, stage=stage)
+        finetune(
+            module, datamodule, callbacks, optimizer=stored.model.optimizer, lr=float(p.lr),
+            epochs=epochs, stage=stage, run_dir=run_dir, trainer_cfg=cfg.trainer,
+            progress=progress,
+        )  # fmt: skip
+
+    def recalibrate(module: Any, stage: str) -> None:
+        """Fresh BatchNorm statistics of the pruned weights (the running averages still hold
+        those of the weights before pruning), then the val score."""
+        if not cfg.get("recalibrate_bn", True):
+            return
+        recalibrate_bn(module, datamodule.train_dataloader(), progress=progress)
+        trajectory.append(
+            {
+                "stage": stage,
+                "sparsity": _sparsity(method, module, amount),
+                "miou": evaluate(module),
+            }
+        )
 
     trajectory: list[dict[str, Any]] = []
     if method == "structured":
         module = copy.deepcopy(before_module)
+        recalibrate(module, "channels removed, BN recalibrated")
         fit(module, [], epochs=int(p.epochs), stage="finetune")
     else:
         module = _fresh(dense, stored)
@@ -125,8 +145,15 @@ def prune(cfg: DictConfig) -> dict[str, Any]:
             )
             hold = unstructured.MaskedFineTuning(final=amount, ramp_steps=0)
             fit(module, [hold], epochs=int(p.recover_epochs), stage="recover")
-    after_miou = evaluate(module)
-    trajectory.append({"stage": "fine-tuned", "sparsity": amount, "miou": after_miou})
+    trajectory.append(
+        {
+            "stage": "fine-tuned",
+            "sparsity": _sparsity(method, module, amount),
+            "miou": evaluate(module),
+        }
+    )
+    recalibrate(module, "fine-tuned, BN recalibrated")
+    after_miou = trajectory[-1]["miou"]
 
     # --- save ---------------------------------------------------------------------------
     config = OmegaConf.to_container(stored, resolve=True)
@@ -253,51 +280,6 @@ def _one_shot(
     module = hydra.utils.instantiate(model_cfg)
     module.net.load_state_dict(small_net.state_dict())
     return module, net_cfg
-
-
-def _finetune(
-    cfg: DictConfig,
-    stored: DictConfig,
-    module: Any,
-    datamodule: Any,
-    callbacks: list,
-    *,
-    epochs: int,
-    stage: str,
-) -> None:
-    """``epochs`` epochs of Lightning training with the checkpoint's optimizer at ``prune.lr``
-    (one-cycle schedule), without validation (the caller scores the result)."""
-    if epochs <= 0:
-        return
-    import functools
-
-    from pytorch_lightning.callbacks import TQDMProgressBar
-
-    lr = float(cfg.prune.lr)
-    opt_cfg = OmegaConf.to_container(stored.model.optimizer, resolve=True)
-    opt_cfg["lr"] = lr
-    module.optimizer_factory = hydra.utils.instantiate(opt_cfg)
-    module.scheduler_factory = functools.partial(
-        torch.optim.lr_scheduler.OneCycleLR, max_lr=lr, pct_start=0.1, div_factor=10.0,
-        final_div_factor=100.0,
-    )  # fmt: skip
-    progress = bool(cfg.get("progress", True))
-    trainer = pl.Trainer(
-        accelerator=cfg.trainer.accelerator,
-        devices=1,
-        precision=cfg.trainer.precision,
-        max_epochs=epochs,
-        logger=pl.loggers.CSVLogger(Path(cfg.paths.output_dir), name="csv", version=stage),
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        log_every_n_steps=5,
-        callbacks=[*callbacks, *([TQDMProgressBar(refresh_rate=1)] if progress else [])],
-        enable_progress_bar=progress,
-        default_root_dir=cfg.paths.output_dir,
-    )
-    trainer.fit(module, datamodule=datamodule)
 
 
 def _describe(p: DictConfig) -> str:

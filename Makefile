@@ -27,8 +27,11 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# make bench                 full suite (1 M / 10 M points, 50 M-point scan, up to 1 M voxels)
+# make bench BENCH_ARGS=--quick   a few minutes; BENCH_ARGS="--only voxelize,scaling"
+BENCH_ARGS ?=
 bench: setup
-	$(PY) scripts/bench_voxelize.py
+	$(PY) scripts/bench.py $(BENCH_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check pointseg tests scripts

@@ -115,3 +115,40 @@ def test_huge_extent_falls_back_without_overflow() -> None:
     np.testing.assert_array_equal(vox.inverse, [0, 2, 0, 1])
     np.testing.assert_array_equal(vox.counts, [2, 1, 1])
     np.testing.assert_allclose(vox.features[:, 0], [1.0, 3.0, 1.0])
+
+
+def test_table_and_sort_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compact grids use a lookup table, sparse ones a sort: both give the same voxelization."""
+    import pointseg.data.voxelize as vox
+
+    coord, feat = random_cloud(20000, seed=5)
+    coord[:50] += 4.0  # a detached cluster: many empty cells in between
+    calls = []
+    dense = vox._unique_dense
+    monkeypatch.setattr(vox, "_unique_dense", lambda *a: calls.append(1) or dense(*a))
+    table = voxelize(coord, feat, voxel_size=0.1)
+    assert calls == [1]
+    monkeypatch.setattr(vox, "_DENSE_MAX_CELLS", 0)  # force the sort path
+    sort = voxelize(coord, feat, voxel_size=0.1)
+    assert calls == [1]
+    for field in ("grid_coord", "inverse", "counts", "index"):
+        np.testing.assert_array_equal(getattr(table, field), getattr(sort, field), err_msg=field)
+    np.testing.assert_allclose(table.features, sort.features, rtol=1e-6, atol=1e-6)
+    # mean mode keeps the first point (in input order) of every voxel
+    first = np.full(len(table.counts), len(coord))
+    np.minimum.at(first, table.inverse, np.arange(len(coord)))
+    np.testing.assert_array_equal(table.index, first)
+    # voxels come in lexicographic (x, y, z) order
+    g = table.grid_coord.astype(np.int64)
+    key = (g[:, 0] * 10**6 + g[:, 1]) * 10**6 + g[:, 2]
+    assert np.all(np.diff(key) > 0)
+
+
+def test_train_mode_draw_is_uniform_within_a_voxel() -> None:
+    # 3 points in one voxel: each is kept about a third of the time over many seeds
+    coord = np.array([[0.1, 0.1, 0.1], [0.2, 0.2, 0.2], [0.3, 0.3, 0.3]], dtype=np.float32)
+    picks = [
+        int(voxelize(coord, voxel_size=1.0, mode="train", seed=s).index[0]) for s in range(600)
+    ]
+    freq = np.bincount(picks, minlength=3) / 600
+    assert np.all(np.abs(freq - 1 / 3) < 0.08), freq

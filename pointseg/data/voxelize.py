@@ -33,8 +33,8 @@ def _check_inputs(coord: np.ndarray, feat: np.ndarray | None, voxel_size: float)
         raise ValueError("coord is empty (0 points): nothing to voxelize; check the input file")
     if coord.dtype not in (np.float32, np.float64):
         raise ValueError(f"coord must be float32 or float64, got {coord.dtype}")
-    finite = np.isfinite(coord).all(axis=1)
-    if not finite.all():
+    if not np.isfinite(coord).all():  # one fast pass; rows only when something is wrong
+        finite = np.isfinite(coord).all(axis=1)
         bad = int((~finite).sum())
         first = int(np.flatnonzero(~finite)[0])
         raise ValueError(
@@ -69,6 +69,65 @@ def grid_coordinates(
     return grid, origin
 
 
+# Grids of at most this many cells per point (or _DENSE_MIN_CELLS, but never more than
+# _DENSE_MAX_CELLS) find their occupied cells with a table over all cells (5 bytes a cell)
+# instead of a sort: O(N + cells), several times faster than sorting the keys.
+_DENSE_CELLS_PER_POINT = 16
+_DENSE_MIN_CELLS = 1 << 24
+_DENSE_MAX_CELLS = 1 << 27
+_CHUNK = 1 << 18  # points per chunk: float64 temporaries stay in cache
+
+
+def _bounds(coord: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-axis min and max of the points, as float64 (column by column: ~8x faster than
+    ``coord.min(axis=0)`` on (N, 3) rows)."""
+    lo = np.array([coord[:, j].min() for j in range(3)], dtype=np.float64)
+    hi = np.array([coord[:, j].max() for j in range(3)], dtype=np.float64)
+    return lo, hi
+
+
+def _cell(coord: np.ndarray, origin: np.ndarray, voxel_size: float) -> np.ndarray:
+    """Integer cell of every point, computed in float64: (N, 3) int64."""
+    return np.floor((coord.astype(np.float64, copy=False) - origin) / voxel_size).astype(np.int64)
+
+
+def _ravelled_key(
+    coord: np.ndarray, origin: np.ndarray, voxel_size: float, dims: np.ndarray
+) -> np.ndarray:
+    """``(x * dims[1] + y) * dims[2] + z`` of every point's cell, in chunks: (N,) int64."""
+    n = coord.shape[0]
+    key = np.empty(n, dtype=np.int64)
+    d1, d2 = int(dims[1]), int(dims[2])
+    for s in range(0, n, _CHUNK):
+        g = _cell(coord[s : s + _CHUNK], origin, voxel_size)
+        np.multiply(g[:, 0], d1, out=key[s : s + _CHUNK])
+        key[s : s + _CHUNK] += g[:, 1]
+        key[s : s + _CHUNK] *= d2
+        key[s : s + _CHUNK] += g[:, 2]
+    return key
+
+
+def _unique_dense(key: np.ndarray, volume: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted occupied keys and every point's rank among them, via a table over all cells."""
+    occupied = np.zeros(volume, dtype=bool)
+    occupied[key] = True
+    ukey = np.flatnonzero(occupied)  # sorted
+    del occupied
+    rank = np.empty(volume, dtype=np.int32)  # < 2**31 points, so < 2**31 voxels
+    rank[ukey] = np.arange(ukey.size, dtype=np.int32)
+    return ukey, rank.take(key).astype(np.int64)
+
+
+def _mean_rows(f2: np.ndarray, inverse: torch.Tensor, counts: torch.Tensor) -> np.ndarray:
+    """Per-voxel mean of the rows of ``f2`` (N, C), accumulated in float64: (M, C) float32."""
+    m, inv = counts.numel(), inverse.numpy()
+    out = np.empty((m, f2.shape[1]), dtype=np.float32)
+    denom = counts.numpy().astype(np.float64)
+    for j in range(f2.shape[1]):
+        out[:, j] = np.bincount(inv, weights=f2[:, j], minlength=m) / denom
+    return out
+
+
 def voxelize(
     coord: np.ndarray,
     features: np.ndarray | None = None,
@@ -87,34 +146,50 @@ def voxelize(
     _check_inputs(coord, features, voxel_size)
     if mode not in ("mean", "train"):
         raise ValueError(f"mode must be 'mean' or 'train', got {mode!r}")
-    grid, origin = grid_coordinates(coord, voxel_size)
-    dims = grid.max(axis=0) + 1  # (3,)
-    if float(dims[0]) * float(dims[1]) * float(dims[2]) >= 2**62:
+    n = coord.shape[0]
+    if n >= 2**31:
+        raise ValueError(f"coord has {n} points; voxelize at most 2**31 - 1 per call (cut blocks)")
+    lo, hi = _bounds(coord)
+    dims = _cell(hi[None], lo, voxel_size)[0] + 1  # (3,) int64: floor is monotonic
+    if int(dims.max()) >= 2**31 - 1:
+        raise ValueError(
+            f"voxel grid is too large for int32 coordinates (extent {hi - lo} m at "
+            f"voxel_size={voxel_size}); use a larger voxel_size or cut the scene into blocks"
+        )
+    volume = float(dims[0]) * float(dims[1]) * float(dims[2])
+    if volume >= 2**62:
         # the ravelled key would overflow int64: sort rows instead (slower, same result)
+        grid = torch.from_numpy(_cell(coord, lo, voxel_size))
         rows, inverse, counts = torch.unique(
-            torch.from_numpy(grid), dim=0, sorted=True, return_inverse=True, return_counts=True
+            grid, dim=0, sorted=True, return_inverse=True, return_counts=True
         )
         grid_coord = rows.numpy()
     else:
-        key = torch.from_numpy((grid[:, 0] * dims[1] + grid[:, 1]) * dims[2] + grid[:, 2])
-        ukey, inverse, counts = torch.unique(
-            key, sorted=True, return_inverse=True, return_counts=True
-        )
-        uk = ukey.numpy()
-        grid_coord = np.stack(
-            [uk // (dims[1] * dims[2]), (uk // dims[2]) % dims[1], uk % dims[2]], 1
-        )
+        key = _ravelled_key(coord, lo, voxel_size, dims)
+        dense = max(_DENSE_CELLS_PER_POINT * n, _DENSE_MIN_CELLS)
+        if volume <= min(dense, _DENSE_MAX_CELLS):
+            uk, inv = _unique_dense(key, int(volume))
+            inverse = torch.from_numpy(inv)
+            counts = torch.from_numpy(np.bincount(inv, minlength=uk.size))
+        else:
+            ukey, inverse, counts = torch.unique(
+                torch.from_numpy(key), sorted=True, return_inverse=True, return_counts=True
+            )
+            uk = ukey.numpy()
+        d1, d2 = int(dims[1]), int(dims[2])
+        grid_coord = np.stack([uk // (d1 * d2), (uk // d2) % d1, uk % d2], 1)
     m = counts.numel()
-
-    # points sorted by voxel; voxel v owns order[start[v] : start[v] + counts[v]]
-    order = torch.argsort(inverse, stable=True)
-    start = torch.cumsum(counts, 0) - counts
+    point = torch.arange(n, dtype=torch.int64)
     if mode == "train":
+        # one point per voxel, uniformly at random: the smallest (random draw, row) pair wins
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        offset = torch.from_numpy(np.floor(rng.random(m) * counts.numpy()).astype(np.int64))
-        index = order[start + offset]
+        draw = torch.from_numpy(rng.integers(0, 2**31 - 1, n, dtype=np.int64))
+        best = torch.full((m,), 2**63 - 1, dtype=torch.int64)
+        best.scatter_reduce_(0, inverse, (draw << 32) | point, "amin")
+        index = best & 0xFFFFFFFF  # the row (n < 2**31: it fits the low 32 bits)
     else:
-        index = order[start]  # first point of each voxel in input order
+        index = torch.full((m,), n, dtype=torch.int64)
+        index.scatter_reduce_(0, inverse, point, "amin")  # first point of each voxel
 
     feats_out = None
     if features is not None:
@@ -123,11 +198,11 @@ def voxelize(
         if mode == "train":
             feats_out = f2[index.numpy()].astype(np.float32)
         else:
-            acc = torch.zeros((m, f2.shape[1]), dtype=torch.float64)
-            acc.index_add_(0, inverse, torch.from_numpy(f2.astype(np.float64, copy=False)))
-            feats_out = (acc / counts[:, None].to(torch.float64)).to(torch.float32).numpy()
+            feats_out = _mean_rows(f2, inverse, counts)
         if f.ndim == 1:
             feats_out = feats_out[:, 0]
+    grid_coord = grid_coord.astype(np.int32)
+    origin = lo
     return Voxelized(
         grid_coord=grid_coord.astype(np.int32),
         inverse=inverse.numpy().astype(np.int64, copy=False),

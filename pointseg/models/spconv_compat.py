@@ -16,7 +16,9 @@ first. Traps handled here (all measured with spconv 2.3.8, torch 2.13 CPU):
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 
 import spconv.pytorch as spconv
 import torch
@@ -59,6 +61,22 @@ class _SpconvOpsProxy:
 
 
 _OPS_PROXY = _SpconvOpsProxy()
+
+
+@contextlib.contextmanager
+def spconv_scatter(*, shipped: bool) -> Iterator[None]:
+    """``shipped=True``: inside the block, sparse convs use spconv's own CPU scatter-add again.
+
+    For benchmarks only: that kernel races with more than one OpenMP thread (see above), so its
+    results are wrong; its speed is the baseline pointseg's replacement is measured against.
+    """
+    previous = _SpconvOpsProxy.__dict__["scatter_add_cpu"]
+    if shipped:
+        _SpconvOpsProxy.scatter_add_cpu = staticmethod(_ORIGINAL_OPS.scatter_add_cpu)
+    try:
+        yield
+    finally:
+        _SpconvOpsProxy.scatter_add_cpu = previous
 
 
 def patch_spconv() -> None:

@@ -1,0 +1,611 @@
+"""pointseg benchmark suite: every figure is a ratio against a baseline measured in the same run.
+
+    python scripts/bench.py            # full: 1 M / 10 M points, 50 M-point scan, up to 1 M voxels
+    python scripts/bench.py --quick    # smaller sizes, a few minutes on 2 CPU cores
+    python scripts/bench.py --only voxelize,scaling
+
+Sections (``--only`` picks some):
+  voxelize   voxelizer throughput (Mpts/s, with the inverse map and mean features) against numpy
+             (ravelled key + np.unique), spconv's PointToVoxel and Open3D's voxel_down_sample
+  dense      training step (forward + backward + optimizer step) of the sparse U-Net against the
+             same network built from dense torch.nn.Conv3d on the same scene, in voxels/s
+  o3dml      training step of model=o3dml_plan on 4 synthetic rooms at 5 cm: pointseg's path
+             against spconv's own CPU kernels as shipped (its multi-threaded scatter included)
+  inference  pointseg-predict end to end (read -> voxelize -> network -> write) on a generated
+             LAZ scan, in points/s, with the peak RSS of the process
+  scaling    step time against voxel count (10 k to 1 M voxels), log-log fit and plot
+
+Writes a markdown table to stdout and ``benchmarks/results.md``, the figures to
+``benchmarks/results.json`` and plots to ``benchmarks/*.png``; each file is written to a
+temporary name first and then renamed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pointseg.data.datasets.synthetic import SyntheticRooms  # noqa: E402
+from pointseg.data.voxelize import voxelize  # noqa: E402
+from pointseg.utils import atomic_write_text, write_json  # noqa: E402
+
+SECTIONS = ("voxelize", "dense", "o3dml", "inference", "scaling")
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def timed(fn: Callable[[], Any], repeat: int, warmup: int = 1) -> tuple[float, list[float]]:
+    """Best (minimum) wall time of ``repeat`` calls after ``warmup`` calls, and all times."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        gc.collect()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), times
+
+
+# ---------------------------------------------------------------- a. voxelizer
+
+
+def _numpy_voxelize(coord: np.ndarray, feat: np.ndarray, vs: float) -> int:
+    """The textbook numpy voxelizer: ravelled key, np.unique with inverse, bincount means."""
+    grid = np.floor((coord - coord.min(0)) / vs).astype(np.int64)
+    dims = grid.max(0) + 1
+    key = (grid[:, 0] * dims[1] + grid[:, 1]) * dims[2] + grid[:, 2]
+    _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    means = np.stack(
+        [np.bincount(inverse, feat[:, j], len(counts)) for j in range(feat.shape[1])], 1
+    )
+    return len(means / counts[:, None])
+
+
+def _spconv_voxelize(coord: np.ndarray, feat: np.ndarray, vs: float, max_pts: int) -> int:
+    """spconv's PointToVoxel with the point-to-voxel id, means from its voxel buffers."""
+    from spconv.pytorch.utils import PointToVoxel
+
+    pts = torch.from_numpy(np.concatenate([coord, feat], 1))
+    lo, hi = coord.min(0), coord.max(0) + vs
+    gen = PointToVoxel(
+        vsize_xyz=[vs] * 3,
+        coors_range_xyz=[*lo.tolist(), *hi.tolist()],
+        num_point_features=pts.shape[1],
+        max_num_voxels=len(pts),
+        max_num_points_per_voxel=max_pts,
+    )
+    voxels, _, num, _ = gen.generate_voxel_with_id(pts, empty_mean=False)
+    means = voxels[:, :, 3:].sum(1) / num[:, None]
+    return len(means)
+
+
+def _open3d_voxelize(coord: np.ndarray, feat: np.ndarray, vs: float) -> int | None:
+    try:
+        import open3d as o3d
+    except ImportError:
+        return None
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(coord.astype(np.float64)))
+    pcd.colors = o3d.utility.Vector3dVector(feat.astype(np.float64))
+    return len(pcd.voxel_down_sample(vs).points)  # means only: no inverse map
+
+
+def _voxelize_row(n: int, vs: float) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    # a 20 m x 20 m x 3 m block, 3 features (colour): ~1 point per voxel at 10 M points
+    coord = rng.uniform([0, 0, 0], [20, 20, 3], (n, 3)).astype(np.float32)
+    feat = rng.uniform(0, 1, (n, 3)).astype(np.float32)
+    ref = voxelize(coord, feat, voxel_size=vs)
+    max_pts = int(ref.counts.max())  # spconv keeps every point only with this many slots
+    repeat = 3 if n <= 2_000_000 else 2
+    row: dict[str, Any] = {"points": n, "voxels": len(ref.counts)}
+    runs = {
+        "pointseg": lambda: voxelize(coord, feat, voxel_size=vs),
+        "numpy": lambda: _numpy_voxelize(coord, feat, vs),
+        "spconv": lambda: _spconv_voxelize(coord, feat, vs, max_pts),
+        "open3d": lambda: _open3d_voxelize(coord, feat, vs),
+    }
+    for name, fn in runs.items():
+        log(f"voxelize {name} {n:,} points")
+        if name == "open3d" and fn() is None:
+            continue
+        best, _ = timed(fn, repeat)
+        row[f"{name}_s"] = round(best, 4)
+        row[f"{name}_mpts"] = round(n / best / 1e6, 2)
+    peers = [row[f"{k}_mpts"] for k in ("numpy", "spconv", "open3d") if f"{k}_mpts" in row]
+    row["speedup_vs_fastest_peer"] = round(row["pointseg_mpts"] / max(peers), 2)
+    return row
+
+
+def bench_voxelize(sizes: list[int], vs: float = 0.05) -> dict[str, Any]:
+    rows = []
+    for n in sizes:
+        rows.append(_voxelize_row(n, vs))
+        gc.collect()
+    return {"voxel_size": vs, "rows": rows}
+
+
+# ---------------------------------------------------------------- shared scene helpers
+
+
+def room_batch(
+    rooms: int, voxel_size: float, *, room_size=(4.0, 9.0), seed: int = 0, channels: int = 4
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``rooms`` synthetic rooms voxelized at ``voxel_size``: (feat, indices, points)."""
+    ds = SyntheticRooms("train", num_scenes=rooms, seed=seed, room_size=tuple(room_size))
+    feats, idx, points = [], [], 0
+    for b in range(rooms):
+        s = ds[b]
+        points += len(s["coord"])
+        f = np.concatenate([s["color"], s["coord"][:, 2:3] - s["coord"][:, 2].min()], 1)
+        v = voxelize(s["coord"], f[:, :channels].astype(np.float32), voxel_size=voxel_size)
+        i = np.zeros((len(v.grid_coord), 4), dtype=np.int32)
+        i[:, 0], i[:, 1:] = b, v.grid_coord
+        feats.append(torch.from_numpy(np.ascontiguousarray(v.features)))
+        idx.append(torch.from_numpy(i))
+    return torch.cat(feats), torch.cat(idx), points
+
+
+def train_step_fn(net: nn.Module, feat: torch.Tensor, idx: torch.Tensor, batch: int, classes: int):
+    """One SGD training step of ``net`` on random labels (the cost does not depend on them)."""
+    labels = torch.randint(0, classes, (len(idx),), generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    net.train()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(net(feat, idx, batch), labels)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+# ---------------------------------------------------------------- b. sparse vs dense
+
+
+class _DenseBlock(nn.Module):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv3d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm3d(cout)
+        self.c2, self.b2 = nn.Conv3d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm3d(cout)
+        self.proj = None
+        if cin != cout:
+            self.proj = nn.Sequential(nn.Conv3d(cin, cout, 1, bias=False), nn.BatchNorm3d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        idt = x if self.proj is None else self.proj(x)
+        y = torch.relu(self.b1(self.c1(x)))
+        return torch.relu(self.b2(self.c2(y)) + idt)
+
+
+class DenseUNet(nn.Module):
+    """The sparse U-Net's plan (stem, strided convs, residual blocks, transposed convs, skips)
+    built from dense ``nn.Conv3d`` over the whole grid."""
+
+    def __init__(self, sparse_net: nn.Module) -> None:
+        super().__init__()
+        n = sparse_net.num_stages
+        stem_c = sparse_net.stem.conv.out_channels
+        k = sparse_net.stem.conv.kernel_size[0]
+        self.stem = nn.Sequential(
+            nn.Conv3d(sparse_net.in_channels, stem_c, k, padding=k // 2, bias=False),
+            nn.BatchNorm3d(stem_c),
+            nn.ReLU(),
+        )
+        width, self.enc, self.ups, self.dec = [stem_c], nn.ModuleList(), nn.ModuleList(), []
+        for i, stage in enumerate(sparse_net.encoders):
+            w = stage[0].conv.out_channels
+            blocks = [_DenseBlock(w, w) for _ in stage[1]]
+            self.enc.append(
+                nn.Sequential(
+                    nn.Conv3d(width[i], w, 2, stride=2, bias=False),
+                    nn.BatchNorm3d(w),
+                    nn.ReLU(),
+                    *blocks,
+                )
+            )
+            width.append(w)
+        prev, decs = width[n], []
+        for j, (up, dec) in enumerate(zip(sparse_net.ups, sparse_net.decoders, strict=True)):
+            out = up.conv.out_channels
+            self.ups.append(
+                nn.Sequential(
+                    nn.ConvTranspose3d(prev, out, 2, stride=2, bias=False),
+                    nn.BatchNorm3d(out),
+                    nn.ReLU(),
+                )
+            )
+            level = n - j - 1
+            decs.append(
+                nn.Sequential(
+                    _DenseBlock(out + width[level], out),
+                    *[_DenseBlock(out, out) for _ in range(len(dec) - 1)],
+                )
+            )
+            prev = out
+        self.dec = nn.ModuleList(decs)
+        self.head = nn.Conv3d(prev, sparse_net.num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        skips = []
+        for enc in self.enc:
+            skips.append(x)
+            x = enc(x)
+        for up, dec in zip(self.ups, self.dec, strict=True):
+            x = dec(torch.cat([up(x), skips.pop()], 1))
+        return self.head(x)
+
+
+def bench_dense(voxel_size: float, rooms: int) -> dict[str, Any]:
+    from pointseg.models.sparse_unet import spunet_small
+
+    feat, idx, points = room_batch(rooms, voxel_size, room_size=(4.0, 6.0))
+    torch.manual_seed(0)
+    net = spunet_small(4, 9)
+    log(f"dense vs sparse: {len(idx):,} voxels at {voxel_size} m")
+    sparse_s, _ = timed(train_step_fn(net, feat, idx, rooms, 9), 3)
+    # the same voxels on a dense grid (batch x C x X x Y x Z), each axis a multiple of 2^levels
+    align = 2**net.num_stages
+    ext = ((idx[:, 1:].amax(0) // align + 1) * align).tolist()
+    cells = rooms * ext[0] * ext[1] * ext[2]
+    dense_net = DenseUNet(net)
+    x = torch.zeros((rooms, 4, *ext))
+    b, gx, gy, gz = idx.long().unbind(1)
+    x[b, :, gx, gy, gz] = feat
+    labels = torch.randint(0, 9, (len(idx),), generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.SGD(dense_net.parameters(), lr=1e-3, momentum=0.9)
+
+    def dense_step() -> None:
+        opt.zero_grad(set_to_none=True)
+        logits = dense_net(x)  # (B, K, X, Y, Z)
+        loss = nn.functional.cross_entropy(logits[b, :, gx, gy, gz], labels)
+        loss.backward()
+        opt.step()
+
+    log(f"dense step: grid {ext} x {rooms} = {cells:,} cells")
+    dense_s, _ = timed(dense_step, 2)
+    return {
+        "voxel_size": voxel_size,
+        "rooms": rooms,
+        "points": points,
+        "voxels": len(idx),
+        "dense_cells": cells,
+        "occupancy": round(len(idx) / cells, 4),
+        "sparse_step_s": round(sparse_s, 3),
+        "dense_step_s": round(dense_s, 3),
+        "sparse_voxels_per_s": round(len(idx) / sparse_s),
+        "dense_voxels_per_s": round(len(idx) / dense_s),
+        "speedup": round(dense_s / sparse_s, 1),
+    }
+
+
+# ---------------------------------------------------------------- o3dml reference plan
+
+
+def bench_o3dml(room_size: tuple[float, float], repeat: int) -> dict[str, Any]:
+    from pointseg.models import spconv_compat as compat
+    from pointseg.models.o3dml_plan import O3DMLPlanUNet
+
+    feat, idx, points = room_batch(4, 0.05, room_size=room_size, channels=3)
+    torch.manual_seed(0)
+    net = O3DMLPlanUNet(3, 5)
+    step = train_step_fn(net, feat, idx, 4, 5)
+    log(f"o3dml_plan: {points:,} points, {len(idx):,} voxels")
+    times: dict[str, list[float]] = {"pointseg": [], "spconv_shipped": []}
+    step()
+    for _ in range(repeat):  # interleaved, so both see the same machine load
+        for name in times:
+            with compat.spconv_scatter(shipped=name == "spconv_shipped"):
+                times[name].append(timed(step, 1, warmup=0)[0])
+    ours, plain = min(times["pointseg"]), min(times["spconv_shipped"])
+    return {
+        "points": points,
+        "voxels": len(idx),
+        "parameters": net.num_parameters(),
+        "pointseg_step_s": round(ours, 3),
+        "spconv_shipped_step_s": round(plain, 3),
+        "speedup_vs_spconv_shipped": round(plain / ours, 2),
+        "all_times_s": {k: [round(t, 3) for t in v] for k, v in times.items()},
+        "target_step_s": 1.0,
+    }
+
+
+# ---------------------------------------------------------------- c. inference end to end
+
+
+def bench_inference(points: int, workdir: Path) -> dict[str, Any]:
+    import hydra
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from pointseg.utils import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train")
+    module = hydra.utils.instantiate(cfg.model)
+    ckpt = workdir / "bench.ckpt"
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "pointseg_config": OmegaConf.to_container(cfg, resolve=False),
+        },
+        ckpt,
+    )
+    laz = workdir / "scan.laz"
+    log(f"inference: writing a {points:,}-point LAZ")
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts/make_big_laz.py"), str(laz), "--points", str(points)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    log("inference: pointseg-predict")
+    out = workdir / "pred"
+    t0 = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pointseg.predict",
+            f"ckpt_path={ckpt}",
+            f"input={laz}",
+            f"output={out}",
+            "progress=false",
+            f"hydra.run.dir={workdir / 'run'}",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    wall = time.perf_counter() - t0
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    summary = (
+        json.loads((out / "predict.json").read_text()) if (out / "predict.json").is_file() else {}
+    )
+    return {
+        "points": points,
+        "wall_s": round(wall, 1),
+        "points_per_s": round(points / wall),
+        "peak_rss_gb": round(max(peak_kb, before) / 1024**2, 2),
+        "peak_rss_note": "max RSS of the benchmark's child processes (the LAZ writer included)",
+        "predict_summary": {k: v for k, v in summary.items() if k in ("points_per_s", "files")},
+    }
+
+
+# ---------------------------------------------------------------- d. scaling
+
+
+def bench_scaling(voxel_sizes: list[float], rooms: int) -> dict[str, Any]:
+    from pointseg.models.sparse_unet import spunet_small
+
+    rows = []
+    for vs in voxel_sizes:
+        feat, idx, _ = room_batch(rooms, vs)
+        torch.manual_seed(0)
+        net = spunet_small(4, 9)
+        log(f"scaling: {len(idx):,} voxels at {vs} m")
+        best, _ = timed(train_step_fn(net, feat, idx, rooms, 9), 3 if len(idx) < 300_000 else 2)
+        rows.append({"voxel_size": vs, "voxels": len(idx), "step_s": round(best, 4)})
+    v = np.log([r["voxels"] for r in rows])
+    t = np.log([r["step_s"] for r in rows])
+    slope, intercept = np.polyfit(v, t, 1)
+    return {
+        "rooms": rooms,
+        "rows": rows,
+        "slope": round(float(slope), 3),
+        "intercept": round(float(intercept), 3),
+    }
+
+
+# ---------------------------------------------------------------- report
+
+
+def _plots(res: dict[str, Any], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+
+    def save(fig, name: str) -> None:
+        tmp = out / f".{name}.tmp.png"
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        os.replace(tmp, out / name)
+        written.append(name)
+
+    if "voxelize" in res:
+        rows = res["voxelize"]["rows"]
+        names = [k for k in ("pointseg", "spconv", "numpy", "open3d") if f"{k}_mpts" in rows[0]]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        width = 0.8 / len(rows)
+        for i, r in enumerate(rows):
+            xs = np.arange(len(names)) + i * width
+            ax.bar(xs, [r[f"{k}_mpts"] for k in names], width, label=f"{r['points'] / 1e6:g} M pts")
+        ax.set_xticks(np.arange(len(names)) + width * (len(rows) - 1) / 2, names)
+        ax.set_ylabel("Mpoints / s (higher is better)")
+        ax.set_title("Voxelizer throughput (inverse map + mean features)")
+        ax.legend()
+        save(fig, "voxelize.png")
+    if "scaling" in res:
+        rows = res["scaling"]["rows"]
+        v = np.array([r["voxels"] for r in rows])
+        t = np.array([r["step_s"] for r in rows])
+        fig, ax = plt.subplots(figsize=(5, 4))
+        ax.loglog(v, t, "o-", label="measured")
+        s, c = res["scaling"]["slope"], res["scaling"]["intercept"]
+        ax.loglog(v, np.exp(c) * v**s, "--", label=f"fit: slope {s:.2f}")
+        ax.loglog(v, t[0] * v / v[0], ":", color="gray", label="linear")
+        ax.set_xlabel("voxels per step")
+        ax.set_ylabel("training step (s)")
+        ax.set_title("Step time vs voxel count (spunet_small, CPU)")
+        ax.legend()
+        save(fig, "scaling.png")
+    return written
+
+
+def markdown(res: dict[str, Any]) -> str:
+    m = res["machine"]
+    lines = [
+        "# pointseg benchmarks",
+        "",
+        f"{m['cpu']} ({m['cores']} cores, torch threads {m['torch_threads']}), torch "
+        f"{m['torch']}, spconv {m['spconv']}, Python {m['python']}; "
+        f"{'quick' if res['quick'] else 'full'} run, {res['date']}.",
+        "",
+    ]
+    if "voxelize" in res:
+        lines += [
+            "## Voxelizer (Mpts/s, inverse map + mean features)",
+            "",
+            "| points | voxels | pointseg | spconv PointToVoxel | numpy unique | Open3D | "
+            "pointseg / fastest peer |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in res["voxelize"]["rows"]:
+            lines.append(
+                f"| {r['points']:,} | {r['voxels']:,} | {r['pointseg_mpts']} | "
+                f"{r.get('spconv_mpts', '-')} | {r.get('numpy_mpts', '-')} | "
+                f"{r.get('open3d_mpts', '-')} | {r['speedup_vs_fastest_peer']}x |"
+            )
+        lines.append("")
+    if "dense" in res:
+        d = res["dense"]
+        lines += [
+            "## Training step: sparse vs dense (spunet_small plan)",
+            "",
+            "| voxels | dense cells | sparse step | dense step | sparse voxels/s | "
+            "dense voxels/s | speed-up |",
+            "|---|---|---|---|---|---|---|",
+            f"| {d['voxels']:,} | {d['dense_cells']:,} | {d['sparse_step_s']} s | "
+            f"{d['dense_step_s']} s | {d['sparse_voxels_per_s']:,} | {d['dense_voxels_per_s']:,}"
+            f" | {d['speedup']}x |",
+            "",
+        ]
+    if "o3dml" in res:
+        o = res["o3dml"]
+        lines += [
+            "## Training step: reference plan (model=o3dml_plan, 4 rooms at 5 cm)",
+            "",
+            "| points | voxels | pointseg | spconv as shipped | ratio | target |",
+            "|---|---|---|---|---|---|",
+            f"| {o['points']:,} | {o['voxels']:,} | {o['pointseg_step_s']} s | "
+            f"{o['spconv_shipped_step_s']} s | {o['speedup_vs_spconv_shipped']}x | "
+            f"<= {o['target_step_s']} s |",
+            "",
+        ]
+    if "inference" in res:
+        i = res["inference"]
+        lines += [
+            "## Inference end to end (pointseg-predict on a LAZ scan)",
+            "",
+            "| points | wall | points/s | peak RSS |",
+            "|---|---|---|---|",
+            f"| {i['points']:,} | {i['wall_s']} s | {i['points_per_s']:,} | "
+            f"{i['peak_rss_gb']} GB |",
+            "",
+        ]
+    if "scaling" in res:
+        s = res["scaling"]
+        lines += [
+            "## Scaling: step time vs voxels (spunet_small)",
+            "",
+            "| voxel size | voxels | step |",
+            "|---|---|---|",
+            *[f"| {r['voxel_size']} m | {r['voxels']:,} | {r['step_s']} s |" for r in s["rows"]],
+            "",
+            f"log-log slope: **{s['slope']}** (1.0 = linear)",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    import spconv
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "spconv": getattr(spconv, "__version__", "?"),
+        "python": platform.python_version(),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes)")
+    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of {SECTIONS}")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks"), help="output folder")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = ap.parse_args()
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(only) - set(SECTIONS))
+    if unknown:
+        ap.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    q = args.quick
+    res: dict[str, Any] = {
+        "quick": q,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": machine(),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+    t0 = time.perf_counter()
+    if "voxelize" in only:
+        res["voxelize"] = bench_voxelize([1_000_000, 2_000_000] if q else [1_000_000, 10_000_000])
+    if "dense" in only:
+        res["dense"] = bench_dense(0.1 if q else 0.08, 1 if q else 2)
+    if "o3dml" in only:
+        res["o3dml"] = bench_o3dml((3.0, 6.5), 2 if q else 4)
+    if "inference" in only:
+        with tempfile.TemporaryDirectory(prefix="pointseg-bench-") as tmp:
+            res["inference"] = bench_inference(2_000_000 if q else 50_000_000, Path(tmp))
+    if "scaling" in only:
+        sizes = [0.2, 0.1, 0.05, 0.035] if q else [0.2, 0.1, 0.05, 0.035, 0.025, 0.018]
+        res["scaling"] = bench_scaling(sizes, 4 if q else 8)
+    res["total_s"] = round(time.perf_counter() - t0, 1)
+    res["plots"] = _plots(res, out)
+    md = markdown(res)
+    print(md)
+    atomic_write_text(out / "results.md", md + "\n")
+    write_json(out / "results.json", res)
+    log(f"done in {res['total_s']} s; wrote {out}/results.json, results.md, {res['plots']}")
+
+
+if __name__ == "__main__":
+    main()

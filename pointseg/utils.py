@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write to a temporary file in the same folder, then rename: never a half file."""
@@ -45,3 +47,16 @@ def find_last_checkpoint(log_dir: str | Path, task_name: str = "train") -> Path:
 
 # conf/ sits next to the package in the checkout (pointseg is installed editable)
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def auto_precision(accelerator: str = "auto") -> str:
+    """Lightning precision for ``precision: ${auto_precision:${.accelerator}}``: mixed fp16 (AMP)
+    when the run will use a CUDA GPU, else full fp32 (CPU AMP brings nothing to spconv)."""
+    import torch
+
+    gpu = str(accelerator).lower() in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "16-mixed" if gpu else "32-true"
+
+
+if not OmegaConf.has_resolver("auto_precision"):
+    OmegaConf.register_new_resolver("auto_precision", auto_precision)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import hydra
 import pytest
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pointseg.train import build, instantiate_list
 from tests.conftest import CONF_DIR, TINY
@@ -22,7 +22,8 @@ def test_models_compose_and_instantiate(compose_cfg, model: str) -> None:
     cfg: DictConfig = compose_cfg("train", [f"model={model}", *TINY])
     dm, module = build(cfg)
     assert module.num_classes == cfg.data.num_classes
-    assert module.run_config["model"]["net"]["channels"] == list(cfg.model.net.channels)
+    assert module.run_config["model"]["net"] == OmegaConf.to_container(cfg.model.net, resolve=True)
+    assert module.net.num_classes == cfg.data.num_classes
     assert dm.num_classes == module.num_classes
 
 
@@ -69,3 +70,16 @@ def test_misspelt_override_is_refused(compose_cfg) -> None:
 
     with pytest.raises(ConfigCompositionException):
         compose_cfg("train", ["data.voxelsize=0.1"])
+
+
+def test_precision_is_amp_on_cuda_and_fp32_on_cpu(compose_cfg, monkeypatch) -> None:
+    import torch
+
+    cfg = compose_cfg("train")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cfg.trainer.precision == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cfg.trainer.precision == "16-mixed"
+    cpu = compose_cfg("train", ["trainer=cpu"])
+    assert cpu.trainer.accelerator == "cpu" and cpu.trainer.precision == "32-true"
+    assert compose_cfg("train", ["trainer.precision=bf16-mixed"]).trainer.precision == "bf16-mixed"

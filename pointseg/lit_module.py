@@ -121,3 +121,15 @@ class SegmentationModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
             checkpoint["pointseg_config"] = self.run_config
+
+
+def poly_lr(
+    optimizer: torch.optim.Optimizer, *, total_steps: int, power: float = 0.9
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Polynomial decay ``lr * (1 - step / total_steps) ** power`` over the whole run (the
+    "poly" schedule of SemanticKITTI and S3DIS recipes), stepped every optimizer step."""
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    if power <= 0:
+        raise ValueError(f"model.scheduler.power must be positive, got {power}")
+    return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total_steps, power=power)

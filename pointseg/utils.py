@@ -58,5 +58,19 @@ def auto_precision(accelerator: str = "auto") -> str:
     return "16-mixed" if gpu else "32-true"
 
 
-if not OmegaConf.has_resolver("auto_precision"):
-    OmegaConf.register_new_resolver("auto_precision", auto_precision)
+def s3dis_areas_except(held_out: Any) -> list[str]:
+    """The S3DIS areas not in ``held_out`` (a list such as ``[Area_5]``): the training areas of
+    one fold of the 6-fold cross-validation, so no area is on both sides."""
+    names = [str(a) for a in (held_out if not isinstance(held_out, str) else [held_out])]
+    valid = [f"Area_{i}" for i in range(1, 7)]
+    bad = [a for a in names if a not in valid]
+    if bad or not names:
+        raise ValueError(
+            f"data.val_dataset.splits must name S3DIS areas ({', '.join(valid)}), got {names}"
+        )
+    return [a for a in valid if a not in names]
+
+
+for _name, _fn in (("auto_precision", auto_precision), ("s3dis_areas_except", s3dis_areas_except)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pointseg.data.transforms import (
+    BoxCrop,
     ChromaticAutoContrast,
     ChromaticTranslation,
     Compose,
@@ -46,6 +47,7 @@ ALL = {
     "translation": lambda s: ChromaticTranslation(p=1.0, seed=s),
     "dropout": lambda s: RandomDropout(ratio=0.3, p=1.0, seed=s),
     "crop": lambda s: SphereCrop(max_points=1000, seed=s),
+    "boxcrop": lambda s: BoxCrop(size=(1.0, 1.0, None), seed=s),
 }
 GEOMETRIC = {"rotate", "translate", "elastic"}
 CHROMATIC = {"autocontrast", "translation"}
@@ -181,6 +183,30 @@ def test_sphere_crop_keeps_the_nearest_points(mode: str) -> None:
     assert SphereCrop(max_points=1000)(small)["coord"] is small["coord"]
     with pytest.raises(ValueError, match="mode"):
         SphereCrop(mode="box")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["random", "center"])
+def test_box_crop_keeps_exactly_the_points_in_the_box(mode: str) -> None:
+    s = make_sample(3000)
+    c = s["coord"].astype(np.float64)
+    size = (0.5 * np.ptp(c[:, 0]), 0.5 * np.ptp(c[:, 1]), None)
+    out = BoxCrop(size=size, mode=mode, seed=3)(s)
+    kept = np.zeros(3000, dtype=bool)
+    kept[out["index"]] = True
+    assert 0 < kept.sum() < 3000
+    half = np.array([size[0] / 2, size[1] / 2, np.inf])
+    centres = ((c.min(0) + c.max(0)) / 2)[None] if mode == "center" else c[kept]
+    inside = np.all(np.abs(c[None] - centres[:, None]) <= half, axis=2)  # (centres, N)
+    # some candidate centre's box holds exactly the kept points (z is never cut)
+    assert np.any(np.all(inside == kept[None], axis=1))
+    for key in PER_POINT:
+        np.testing.assert_array_equal(out[key], s[key][out["index"]])
+    # a cloud that fits in the box passes unchanged
+    assert BoxCrop(size=(1e3, 1e3, 1e3))(s)["coord"] is s["coord"]
+    with pytest.raises(ValueError, match="positive"):
+        BoxCrop(size=(1.0, 0.0, None))
+    with pytest.raises(ValueError, match="3 extents"):
+        BoxCrop(size=(1.0, 1.0))
 
 
 def test_take_points_and_a_lidar_pipeline() -> None:

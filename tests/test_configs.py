@@ -83,3 +83,21 @@ def test_precision_is_amp_on_cuda_and_fp32_on_cpu(compose_cfg, monkeypatch) -> N
     cpu = compose_cfg("train", ["trainer=cpu"])
     assert cpu.trainer.accelerator == "cpu" and cpu.trainer.precision == "32-true"
     assert compose_cfg("train", ["trainer.precision=bf16-mixed"]).trainer.precision == "bf16-mixed"
+
+
+def test_poly_schedule_decays_to_zero(compose_cfg) -> None:
+    import torch
+
+    cfg = compose_cfg("train", ["model/scheduler=poly", "model/optimizer=sgd"])
+    module = hydra.utils.instantiate(cfg.model)
+    opt = module.optimizer_factory([torch.nn.Parameter(torch.zeros(2))])
+    sched = module.scheduler_factory(opt, total_steps=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    base = cfg.model.optimizer.lr
+    assert lrs[0] == pytest.approx(base)
+    assert lrs[5] == pytest.approx(base * (1 - 5 / 10) ** 0.9)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0)

@@ -4,6 +4,7 @@ import json
 import logging
 from pathlib import Path
 
+import hydra
 import numpy as np
 import pytest
 
@@ -171,3 +172,30 @@ def test_room_without_points_is_refused(tmp_path: Path) -> None:
     (room / "chair_1.txt").write_text("")
     with pytest.raises(PrepareError, match="office_1: none of its annotation files has points"):
         prepare(tmp_path / "src", tmp_path / "out")
+
+
+def test_six_fold_splits_follow_the_held_out_area(raw, compose_cfg, tmp_path: Path) -> None:
+    cfg = compose_cfg("train", ["data=s3dis"])
+    assert list(cfg.data.train_dataset.splits) == ["Area_1", "Area_2", "Area_3", "Area_4", "Area_6"]
+    fold = compose_cfg("train", ["data=s3dis", "data.val_dataset.splits=[Area_1]"])
+    assert list(fold.data.train_dataset.splits) == [f"Area_{i}" for i in range(2, 7)]
+    assert list(fold.data.test_dataset.splits) == ["Area_1"]
+    bad = compose_cfg("train", ["data=s3dis", "data.val_dataset.splits=[Area_7]"])
+    with pytest.raises(Exception, match="must name S3DIS areas"):
+        list(bad.data.train_dataset.splits)
+
+    # a hand-set training list that includes the validation area is refused, naming it
+    src, _ = raw
+    prepare(src, tmp_path / "data" / "s3dis")
+    leak = compose_cfg(
+        "train",
+        [
+            "data=s3dis",
+            f"paths.data_dir={tmp_path / 'data'}",
+            "data.train_dataset.splits=[Area_1,Area_5]",
+            "data.num_workers=0",
+        ],
+    )
+    dm = hydra.utils.instantiate(leak.data)
+    with pytest.raises(ValueError, match=r"\['Area_5'\].*held out"):
+        dm.setup("fit")

@@ -7,6 +7,7 @@ own shard; the metrics all-reduce their confusion matrices.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -99,8 +100,7 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None):
-            self.dataset("train")
-            self.dataset("val")
+            _check_no_leak(self.dataset("train"), self.dataset("val"))
         if stage == "validate":
             self.dataset("val")
         if stage == "test":
@@ -133,3 +133,18 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         return {}
+
+
+def _check_no_leak(train: Any, val: Any) -> None:
+    """Refuse scene-folder splits that are both trained and validated on (e.g. an S3DIS area)."""
+    if val is None or not all(hasattr(d, "root") and hasattr(d, "splits") for d in (train, val)):
+        return
+    if Path(train.root).resolve() != Path(val.root).resolve():
+        return
+    both = sorted(set(train.splits) & set(val.splits))
+    if both:
+        raise ValueError(
+            f"split(s) {both} of {train.root} are in both data.train_dataset.splits "
+            f"({list(train.splits)}) and data.val_dataset.splits ({list(val.splits)}); "
+            "validation must be held out: remove them from the training splits"
+        )

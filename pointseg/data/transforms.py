@@ -476,3 +476,40 @@ class SphereCrop(_Random):
         d2 = ((coord - center) ** 2).sum(1)
         index = np.sort(np.argpartition(d2, self.max_points - 1)[: self.max_points])
         return take_points(sample, index)
+
+
+class BoxCrop(_Random):
+    """Keep the points inside an axis-aligned box of ``size`` metres (x, y, z; ``None`` leaves
+    an axis whole) centred on a random point (``mode="random"``, for training) or on the middle
+    of the bounding box (``"center"``). For big LiDAR tiles and outdoor scans, where a crop of
+    fixed extent (not a fixed point count, as ``SphereCrop``) keeps the density as it is. A cloud
+    that fits inside the box passes unchanged; every per-point array is cropped alike."""
+
+    def __init__(
+        self,
+        *,
+        size: Sequence[float | None] = (40.0, 40.0, None),
+        mode: Literal["random", "center"] = "random",
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(seed)
+        if len(size) != 3:
+            raise ValueError(f"size must give 3 extents (x, y, z; null = whole axis), got {size}")
+        half = [np.inf if s is None else float(s) / 2 for s in size]
+        if any(not h > 0 for h in half):
+            raise ValueError(f"size extents must be positive (or null), got {list(size)}")
+        if mode not in ("random", "center"):
+            raise ValueError(f"mode must be 'random' or 'center', got {mode!r}")
+        self.half, self.mode = np.array(half), mode
+
+    def __call__(self, sample: Sample) -> Sample:
+        coord = sample["coord"]
+        lo, hi = coord.min(0).astype(np.float64), coord.max(0).astype(np.float64)
+        if np.all(hi - lo <= 2 * self.half):
+            return dict(sample)
+        if self.mode == "random":
+            center = coord[self.rng.integers(coord.shape[0])].astype(np.float64)
+        else:
+            center = (lo + hi) / 2
+        inside = np.all(np.abs(coord - center) <= self.half, axis=1)
+        return take_points(sample, np.flatnonzero(inside))

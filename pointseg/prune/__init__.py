@@ -11,6 +11,7 @@ from __future__ import annotations
 
 
 def main() -> None:
+    from pointseg.guards import run_hydra
     from pointseg.prune.run import hydra_main
 
-    hydra_main()
+    run_hydra(hydra_main, "prune")

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from pointseg.checkpoint import build_module, load_checkpoint, save_checkpoint, weights_checkpoint
 from pointseg.data.collate import collate
+from pointseg.guards import guard_task
 from pointseg.prune import measure, structured, unstructured
 from pointseg.prune.finetune import finetune, recalibrate_bn
 from pointseg.prune.report import write_prune_report
@@ -301,6 +302,7 @@ def _describe(p: DictConfig) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="prune")
+@guard_task("pointseg-prune")
 def hydra_main(cfg: DictConfig) -> None:
     result = prune(cfg)
     dense, after, lat = result["dense"], result["after"], result["latency"]

@@ -605,7 +605,7 @@ def main() -> None:
             ckpt = Path(args.ckpt).resolve() if args.ckpt else None
             res["inference"] = bench_inference(2_000_000 if q else 50_000_000, Path(tmp), ckpt)
     if "scaling" in only:
-        sizes = [0.4, 0.2, 0.1, 0.05] if q else [0.4, 0.2, 0.1, 0.07, 0.05, 0.035]
+        sizes = [0.4, 0.2, 0.1, 0.05] if q else [0.4, 0.2, 0.1, 0.07, 0.05, 0.035, 0.025]
         res["scaling"] = bench_scaling(sizes, 4 if q else 8)
     res["total_s"] = round(time.perf_counter() - t0, 1)
     res["plots"] = _plots(res, out)

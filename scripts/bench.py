@@ -599,7 +599,7 @@ def main() -> None:
     if "dense" in only:
         res["dense"] = bench_dense(0.1 if q else 0.08, 1 if q else 2)
     if "o3dml" in only:
-        res["o3dml"] = bench_o3dml((3.0, 6.5), 2 if q else 4)
+        res["o3dml"] = bench_o3dml((2.8, 5.6), 2 if q else 4)
     if "inference" in only:
         with tempfile.TemporaryDirectory(prefix="pointseg-bench-") as tmp:
             ckpt = Path(args.ckpt).resolve() if args.ckpt else None

@@ -20,6 +20,18 @@ TINY = [
     "data.val_batch_size=2",
 ]
 
+# One CPU epoch of an 8-channel network: lets a full experiment config train in seconds.
+TINY_MODEL = [
+    "trainer=cpu",
+    "trainer.precision=32-true",
+    "trainer.max_epochs=1",
+    "model.net.stem_channels=8",
+    "model.net.channels=[8,8,8,8,8,8,8,8]",
+    "model.net.layers=[1,1,1,1,1,1,1,1]",
+    "data.batch_size=1",
+    "data.num_workers=0",
+]
+
 
 @pytest.fixture
 def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:

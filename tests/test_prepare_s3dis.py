@@ -12,6 +12,7 @@ import pointseg.prepare
 from pointseg.data.scenes import read_scene
 from pointseg.prepare.common import PrepareError
 from pointseg.prepare.s3dis import CLASS_NAMES, prepare
+from tests.conftest import TINY_MODEL
 
 CORRUPT_LINE = b"185.3\x10000 1.0 2.0 10 20 30"
 # room -> annotation files in sorted (= instance) order: (file stem, expected class, points)
@@ -149,15 +150,8 @@ def test_experiment_trains_one_epoch(raw, compose_cfg, tmp_path: Path) -> None:
             f"paths.data_dir={tmp_path / 'data'}",
             "data.train_dataset.splits=[Area_1]",
             "data.train_dataset.loop=2",
-            "trainer=cpu",
-            "trainer.precision=32-true",
-            "trainer.max_epochs=1",
-            "model.net.stem_channels=8",
-            "model.net.channels=[8,8,8,8,8,8,8,8]",
-            "model.net.layers=[1,1,1,1,1,1,1,1]",
-            "data.batch_size=1",
             "data.val_batch_size=1",
-            "data.num_workers=0",
+            *TINY_MODEL,
         ],
     )
     assert cfg.trainer.accelerator == "cpu" and cfg.data.voxel_size == 0.05

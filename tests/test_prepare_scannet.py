@@ -13,6 +13,7 @@ from pointseg.data.datasets.scannet_meta import CLASS_NAMES_200, SPLITS_DIR, VAL
 from pointseg.data.scenes import read_scene
 from pointseg.prepare.common import PrepareError
 from pointseg.prepare.scannet import prepare, vertex_normals
+from tests.conftest import TINY_MODEL
 
 # raw category -> nyu40 id, as in scannetv2-labels.combined.tsv; expected 20-class label by name
 CATEGORIES = {"wall": 1, "chair": 5, "ceiling": 22, "kitchen counter": 12, "shower curtain": 28}
@@ -195,15 +196,8 @@ def test_experiment_trains_one_epoch(raw, compose_cfg, tmp_path: Path) -> None:
         [
             "experiment=scannet_spunet34c",
             f"paths.data_dir={tmp_path / 'data'}",
-            "trainer=cpu",
-            "trainer.precision=32-true",
-            "trainer.max_epochs=1",
-            "model.net.stem_channels=8",
-            "model.net.channels=[8,8,8,8,8,8,8,8]",
-            "model.net.layers=[1,1,1,1,1,1,1,1]",
-            "data.batch_size=1",
             "data.train_dataset.loop=2",
-            "data.num_workers=0",
+            *TINY_MODEL,
         ],
     )
     assert cfg.data.in_channels == 6 and cfg.data.voxel_size == 0.02

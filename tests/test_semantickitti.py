@@ -13,7 +13,7 @@ from pointseg.data.datasets.semantickitti import SemanticKITTI, SemanticKITTIErr
 from pointseg.prepare.semantickitti import index_class_weights, inverse_log_weights
 from pointseg.submit_semantickitti import main as submit_main
 from pointseg.submit_semantickitti import predict_submission, prediction_path, write_submission
-from tests.conftest import CONF_DIR, SHARED_DATA
+from tests.conftest import CONF_DIR, SHARED_DATA, TINY_MODEL
 
 CLASSES = [
     "car", "bicycle", "motorcycle", "truck", "other-vehicle", "person", "bicyclist",
@@ -220,15 +220,8 @@ def test_experiment_trains_one_epoch(compose_cfg, tmp_path: Path) -> None:
             "experiment=semantickitti_spunet",
             f"data.train_dataset.root={root}",
             "data.train_dataset.sequences=[0]",
-            "trainer=cpu",
-            "trainer.precision=32-true",
-            "trainer.max_epochs=1",
             "trainer.check_val_every_n_epoch=1",
-            "model.net.stem_channels=8",
-            "model.net.channels=[8,8,8,8,8,8,8,8]",
-            "model.net.layers=[1,1,1,1,1,1,1,1]",
-            "data.batch_size=1",
-            "data.num_workers=0",
+            *TINY_MODEL,
         ],
     )
     assert cfg.data.val_dataset.root == cfg.data.test_dataset.root == str(root)

@@ -403,26 +403,38 @@ def bench_inference(points: int, workdir: Path, ckpt: Path | None = None) -> dic
 # ---------------------------------------------------------------- d. scaling
 
 
-def bench_scaling(voxel_sizes: list[float], rooms: int) -> dict[str, Any]:
-    from pointseg.models.sparse_unet import spunet_small
-
-    rows = []
-    for vs in voxel_sizes:
-        feat, idx, _ = room_batch(rooms, vs)
-        torch.manual_seed(0)
-        net = spunet_small(4, 9)
-        log(f"scaling: {len(idx):,} voxels at {vs} m")
-        best, _ = timed(train_step_fn(net, feat, idx, rooms, 9), 3 if len(idx) < 300_000 else 2)
-        rows.append({"voxel_size": vs, "voxels": len(idx), "step_s": round(best, 4)})
+def _fit(rows: list[dict[str, Any]]) -> tuple[float, float]:
     v = np.log([r["voxels"] for r in rows])
     t = np.log([r["step_s"] for r in rows])
     slope, intercept = np.polyfit(v, t, 1)
-    return {
-        "rooms": rooms,
-        "rows": rows,
-        "slope": round(float(slope), 3),
-        "intercept": round(float(intercept), 3),
-    }
+    return round(float(slope), 3), round(float(intercept), 3)
+
+
+def bench_scaling(
+    voxel_sizes: list[float], rooms: int, room_counts: list[int] = (), room_voxel: float = 0.05
+) -> dict[str, Any]:
+    """Step time of ``spunet_small`` against voxel count, two ways: the same ``rooms`` at finer
+    and finer voxels (the density per voxel changes too), and more and more rooms at 5 cm (the
+    same kind of scene, only bigger)."""
+    from pointseg.models.sparse_unet import spunet_small
+
+    def step_time(n_rooms: int, vs: float) -> dict[str, Any]:
+        feat, idx, _ = room_batch(n_rooms, vs)
+        torch.manual_seed(0)
+        net = spunet_small(4, 9)
+        log(f"scaling: {n_rooms} rooms at {vs} m, {len(idx):,} voxels")
+        fn = train_step_fn(net, feat, idx, n_rooms, 9)
+        best, _ = timed(fn, 3 if len(idx) < 300_000 else 2)
+        return {"rooms": n_rooms, "voxel_size": vs, "voxels": len(idx), "step_s": round(best, 4)}
+
+    rows = [step_time(rooms, vs) for vs in voxel_sizes]
+    slope, intercept = _fit(rows)
+    out: dict[str, Any] = {"rooms": rooms, "rows": rows, "slope": slope, "intercept": intercept}
+    if room_counts:
+        by_rooms = [step_time(k, room_voxel) for k in room_counts]
+        r_slope, r_intercept = _fit(by_rooms)
+        out["by_rooms"] = {"rows": by_rooms, "slope": r_slope, "intercept": r_intercept}
+    return out
 
 
 # ---------------------------------------------------------------- report
@@ -457,14 +469,19 @@ def _plots(res: dict[str, Any], out: Path) -> list[str]:
         ax.legend()
         save(fig, "voxelize.png")
     if "scaling" in res:
-        rows = res["scaling"]["rows"]
-        v = np.array([r["voxels"] for r in rows])
-        t = np.array([r["step_s"] for r in rows])
-        fig, ax = plt.subplots(figsize=(5, 4))
-        ax.loglog(v, t, "o-", label="measured")
-        s, c = res["scaling"]["slope"], res["scaling"]["intercept"]
-        ax.loglog(v, np.exp(c) * v**s, "--", label=f"fit: slope {s:.2f}")
-        ax.loglog(v, t[0] * v / v[0], ":", color="gray", label="linear")
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        sweeps = [("finer voxels", res["scaling"])]
+        if "by_rooms" in res["scaling"]:
+            sweeps.append(("more rooms at 5 cm", res["scaling"]["by_rooms"]))
+        for (name, sweep), color in zip(sweeps, ("C0", "C1"), strict=False):
+            v = np.array([r["voxels"] for r in sweep["rows"]])
+            t = np.array([r["step_s"] for r in sweep["rows"]])
+            s, c = sweep["slope"], sweep["intercept"]
+            ax.loglog(v, t, "o-", color=color, label=f"{name} (slope {s:.2f})")
+            ax.loglog(v, np.exp(c) * v**s, "--", color=color, alpha=0.5)
+        v0 = np.array([r["voxels"] for r in res["scaling"]["rows"]])
+        t0 = res["scaling"]["rows"][0]["step_s"]
+        ax.loglog(v0, t0 * v0 / v0[0], ":", color="gray", label="linear")
         ax.set_xlabel("voxels per step")
         ax.set_ylabel("training step (s)")
         ax.set_title("Step time vs voxel count (spunet_small, CPU)")
@@ -546,6 +563,16 @@ def markdown(res: dict[str, Any]) -> str:
             f"log-log slope: **{s['slope']}** (1.0 = linear)",
             "",
         ]
+        if "by_rooms" in s:
+            r = s["by_rooms"]
+            lines += [
+                "| rooms at 5 cm | voxels | step |",
+                "|---|---|---|",
+                *[f"| {x['rooms']} | {x['voxels']:,} | {x['step_s']} s |" for x in r["rows"]],
+                "",
+                f"log-log slope, more rooms: **{r['slope']}**",
+                "",
+            ]
     return "\n".join(lines)
 
 
@@ -606,7 +633,8 @@ def main() -> None:
             res["inference"] = bench_inference(2_000_000 if q else 50_000_000, Path(tmp), ckpt)
     if "scaling" in only:
         sizes = [0.4, 0.2, 0.1, 0.05] if q else [0.4, 0.2, 0.1, 0.07, 0.05, 0.035, 0.025]
-        res["scaling"] = bench_scaling(sizes, 4 if q else 8)
+        counts = [1, 2, 4] if q else [1, 2, 4, 8, 16]
+        res["scaling"] = bench_scaling(sizes, 4 if q else 8, counts)
     res["total_s"] = round(time.perf_counter() - t0, 1)
     res["plots"] = _plots(res, out)
     md = markdown(res)

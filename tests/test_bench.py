@@ -44,12 +44,17 @@ def test_dense_network_mirrors_the_sparse_plan(bench) -> None:
 
 
 def test_scaling_fit_and_report(bench, tmp_path: Path, monkeypatch) -> None:
-    res = bench.bench_scaling([0.5, 0.35], rooms=1)
+    res = bench.bench_scaling([0.5, 0.35], rooms=1, room_counts=[1, 2], room_voxel=0.4)
     assert [r["voxels"] for r in res["rows"]] == sorted(r["voxels"] for r in res["rows"])
     assert isinstance(res["slope"], float)
+    by_rooms = res["by_rooms"]["rows"]
+    assert [r["rooms"] for r in by_rooms] == [1, 2] and by_rooms[1]["voxels"] > by_rooms[0][
+        "voxels"
+    ]
     report = {"quick": True, "date": "d", "machine": bench.machine(), "scaling": res}
     md = bench.markdown(report)
     assert "log-log slope" in md and f"{res['rows'][0]['voxels']:,}" in md
+    assert "more rooms" in md
     pytest.importorskip("matplotlib")
     assert bench._plots(report, tmp_path) == ["scaling.png"]
     assert (tmp_path / "scaling.png").stat().st_size > 1000

@@ -33,19 +33,25 @@ TINY_MODEL = [
 ]
 
 
+def compose_config(name: str, overrides: list[str] | None, root: Path) -> DictConfig:
+    """Compose a real config (train, eval, predict, ...) with run paths inside ``root``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=overrides or [])
+    GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(root)
+        cfg.paths.output_dir = str(root / "run")
+        cfg.paths.log_dir = str(root / "logs")
+    return cfg
+
+
 @pytest.fixture
 def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
-    """Compose a real config (train or eval) with run paths inside ``tmp_path``."""
+    """``compose_config`` with run paths inside ``tmp_path``."""
 
     def _compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=overrides or [])
-        with open_dict(cfg):
-            cfg.paths.root_dir = str(tmp_path)
-            cfg.paths.output_dir = str(tmp_path / "run")
-            cfg.paths.log_dir = str(tmp_path / "logs")
-        return cfg
+        return compose_config(config_name, overrides, tmp_path)
 
     yield _compose
     GlobalHydra.instance().clear()

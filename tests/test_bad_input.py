@@ -13,9 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from pointseg.data.collate import collate
 from pointseg.data.datasets.scene_folder import SceneFolder
@@ -26,22 +24,14 @@ from pointseg.guards import CheckpointMismatchError, LabelRangeError, key_hints
 from pointseg.inference import Predictor
 from pointseg.io import MissingFeatureError, PointFileError, read_points
 from pointseg.predict import predict
-from tests.conftest import CONF_DIR
+from tests.conftest import CONF_DIR, compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 400  # points of the small test scans
 
 
 def _compose(name: str, overrides: list[str], root: Path) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name=name, overrides=overrides)
-    GlobalHydra.instance().clear()
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(root)
-        cfg.paths.output_dir = str(root / "run")
-        cfg.paths.log_dir = str(root / "logs")
-    return cfg
+    return compose_config(name, overrides, root)
 
 
 def _save_ckpt(path: Path, overrides: list[str], state_overrides: list[str] | None = None) -> Path:

@@ -8,28 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from pointseg.data.datasets.synthetic import generate_room, scene_seed
 from pointseg.io import MissingFeatureError, PointFileError
 from pointseg.predict import class_codes, expand_inputs, predict
+from tests.conftest import compose_config
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 OFFSET = np.array([600_000.0, 5_000_000.0, 20.0])
 
 
 def _compose(name: str, overrides: list[str], root: Path) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name=name, overrides=overrides)
-    GlobalHydra.instance().clear()
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(root)
-        cfg.paths.output_dir = str(root / "run")
-        cfg.paths.log_dir = str(root / "logs")
-    return cfg
+    return compose_config(name, overrides, root)
 
 
 @pytest.fixture(scope="module")

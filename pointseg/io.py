@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from pointseg.utils import public_mode
+
 log = logging.getLogger(__name__)
 
 Sample = dict[str, Any]
@@ -608,6 +610,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        public_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pointseg.data.datasets.semantickitti import kitti_labels, list_scans, load_scan, sequence_names
+from pointseg.utils import public_mode
 
 
 def prediction_path(out_dir: str | Path, name: str) -> Path:
@@ -73,6 +74,7 @@ def write_submission(
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw.astype("<u4").tobytes())
+        public_mode(tmp)
         os.replace(tmp, out_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -12,6 +12,18 @@ from typing import Any
 from omegaconf import OmegaConf
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def public_mode(path: str | Path, *, directory: bool = False) -> None:
+    """Give a temporary file (0600) or folder (0700) from ``tempfile`` the permissions a plain
+    ``open``/``mkdir`` would have (0666/0777 less the umask), before it is renamed into place."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write to a temporary file in the same folder, then rename: never a half file."""
     path = Path(path)
@@ -22,6 +34,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        public_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

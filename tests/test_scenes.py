@@ -85,3 +85,27 @@ def test_scene_folder_errors_give_the_prepare_command(tmp_path: Path) -> None:
         ds[0]
     with pytest.raises(IndexError):
         SceneFolder(tmp_path, "Area_1")[5]
+
+
+def test_written_files_and_scenes_get_the_usual_permissions(tmp_path) -> None:
+    """Atomic writers go through tempfile (0600 files, 0700 folders): what lands in place must
+    have the permissions of a plain open()/mkdir() instead, so shared datasets stay readable."""
+    import os
+
+    import numpy as np
+
+    from pointseg.data.scenes import write_scene
+    from pointseg.io import write_npy
+    from pointseg.utils import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        text = atomic_write_text(tmp_path / "a.json", "{}")
+        arr = write_npy(tmp_path / "b.npy", np.zeros(3))
+        coord = np.zeros((4, 3), dtype=np.float32)
+        scene = write_scene(tmp_path / "s" / "scene_0", {"coord": coord})
+    finally:
+        os.umask(old)
+    assert text.stat().st_mode & 0o777 == 0o644
+    assert arr.stat().st_mode & 0o777 == 0o644
+    assert scene.stat().st_mode & 0o777 == 0o755

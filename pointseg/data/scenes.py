@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from pointseg.utils import public_mode
+
 KNOWN_KEYS = ("coord", "color", "normal", "strength", "segment", "instance")
 
 
@@ -54,6 +56,7 @@ def write_scene(
         for key, arr in arrays.items():
             np.save(tmp / f"{key}.npy", np.ascontiguousarray(arr))
         (tmp / "meta.json").write_text(json.dumps(dict(meta or {}), indent=2, default=str))
+        public_mode(tmp, directory=True)
         if folder.exists():  # an explicit overwrite: replace the old scene whole
             shutil.rmtree(folder)
         os.replace(tmp, folder)

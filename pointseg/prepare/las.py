@@ -36,6 +36,7 @@ import numpy as np
 from pointseg.data.scenes import write_scene
 from pointseg.io_las import LasReadError, las_features, load_class_map, read_las
 from pointseg.prepare.common import PrepareError, SceneJob, run_jobs
+from pointseg.utils import public_mode
 
 SPLIT_MODES = ("tile", "folder", "x_median")
 DONE = ".done"
@@ -309,6 +310,7 @@ def _write_done(folder: Path, record: dict[str, Any]) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".tmp-{folder.name}-"))
     (tmp / "tile.json").write_text(json.dumps(record, indent=2))
+    public_mode(tmp, directory=True)
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)

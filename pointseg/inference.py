@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pointseg.data.voxelize import grid_extent, ravelled_keys, unravel_keys
 from pointseg.io import label_dtype
 
 Sample = dict[str, Any]
@@ -110,22 +111,16 @@ def voxelize_scene(
             f"{int(np.flatnonzero(~finite)[0])}); leave them out first "
             "(pointseg.io.read_points(..., nonfinite='drop') does it and says which)"
         )
-    origin = coord.min(0).astype(np.float64)
-    dims = np.floor((coord.max(0).astype(np.float64) - origin) / voxel_size).astype(np.int64) + 1
-    if dims.max() >= 2**31 - 1 or float(np.prod(dims.astype(np.float64))) >= 2**62:
+    origin, dims = grid_extent(coord, voxel_size)
+    if float(np.prod(dims.astype(np.float64))) >= 2**62:
         raise ValueError(f"voxel grid {dims} too large at voxel_size={voxel_size}")
-    key = np.empty(n, np.int64)
-    for i in range(0, n, chunk_size):
-        g = np.floor((coord[i : i + chunk_size].astype(np.float64) - origin) / voxel_size)
-        g = g.astype(np.int64)
-        key[i : i + chunk_size] = (g[:, 0] * dims[1] + g[:, 1]) * dims[2] + g[:, 2]
+    key = ravelled_keys(coord, origin, voxel_size, dims)
     ukey, inverse, counts = torch.unique(
         torch.from_numpy(key), sorted=True, return_inverse=True, return_counts=True
     )
     del key
-    uk = ukey.numpy()
-    grid = np.stack([uk // (dims[1] * dims[2]), (uk // dims[2]) % dims[1], uk % dims[2]], 1)
-    del ukey, uk
+    grid = unravel_keys(ukey.numpy(), dims)
+    del ukey
     if len(counts) < 2**31:
         inverse = inverse.to(torch.int32)
     groups, start = {}, 0

@@ -53,22 +53,6 @@ def _check_inputs(coord: np.ndarray, feat: np.ndarray | None, voxel_size: float)
         raise ValueError(f"voxel_size must be a positive number, got {voxel_size}")
 
 
-def grid_coordinates(
-    coord: np.ndarray, voxel_size: float, origin: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Integer cell of every point, computed in float64; returns (grid (N, 3) int64, origin)."""
-    c64 = coord.astype(np.float64, copy=False)
-    if origin is None:
-        origin = c64.min(axis=0)
-    grid = np.floor((c64 - origin) / voxel_size).astype(np.int64)
-    if grid.max() >= 2**31 - 1:
-        raise ValueError(
-            f"voxel grid is too large for int32 coordinates (extent {np.ptp(c64, 0)} m at "
-            f"voxel_size={voxel_size}); use a larger voxel_size or cut the scene into blocks"
-        )
-    return grid, origin
-
-
 # Grids of at most this many cells per point (or _DENSE_MIN_CELLS, but never more than
 # _DENSE_MAX_CELLS) find their occupied cells with a table over all cells (5 bytes a cell)
 # instead of a sort: O(N + cells), several times faster than sorting the keys.
@@ -91,7 +75,20 @@ def _cell(coord: np.ndarray, origin: np.ndarray, voxel_size: float) -> np.ndarra
     return np.floor((coord.astype(np.float64, copy=False) - origin) / voxel_size).astype(np.int64)
 
 
-def _ravelled_key(
+def grid_extent(coord: np.ndarray, voxel_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """The grid of ``coord``: origin (3,) float64 (the per-axis minimum) and cells per axis
+    (3,) int64; refuses grids whose coordinates would not fit int32."""
+    lo, hi = _bounds(coord)
+    dims = _cell(hi[None], lo, voxel_size)[0] + 1  # floor is monotonic: the largest cell + 1
+    if int(dims.max()) >= 2**31 - 1:
+        raise ValueError(
+            f"voxel grid is too large for int32 coordinates (extent {hi - lo} m at "
+            f"voxel_size={voxel_size}); use a larger voxel_size or cut the scene into blocks"
+        )
+    return lo, dims
+
+
+def ravelled_keys(
     coord: np.ndarray, origin: np.ndarray, voxel_size: float, dims: np.ndarray
 ) -> np.ndarray:
     """``(x * dims[1] + y) * dims[2] + z`` of every point's cell, in chunks: (N,) int64."""
@@ -105,6 +102,12 @@ def _ravelled_key(
         key[s : s + _CHUNK] *= d2
         key[s : s + _CHUNK] += g[:, 2]
     return key
+
+
+def unravel_keys(keys: np.ndarray, dims: np.ndarray) -> np.ndarray:
+    """Cells (M, 3) int64 of ravelled ``keys``: the inverse of ``ravelled_keys``."""
+    d1, d2 = int(dims[1]), int(dims[2])
+    return np.stack([keys // (d1 * d2), (keys // d2) % d1, keys % d2], 1)
 
 
 def _unique_dense(key: np.ndarray, volume: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,13 +152,7 @@ def voxelize(
     n = coord.shape[0]
     if n >= 2**31:
         raise ValueError(f"coord has {n} points; voxelize at most 2**31 - 1 per call (cut blocks)")
-    lo, hi = _bounds(coord)
-    dims = _cell(hi[None], lo, voxel_size)[0] + 1  # (3,) int64: floor is monotonic
-    if int(dims.max()) >= 2**31 - 1:
-        raise ValueError(
-            f"voxel grid is too large for int32 coordinates (extent {hi - lo} m at "
-            f"voxel_size={voxel_size}); use a larger voxel_size or cut the scene into blocks"
-        )
+    lo, dims = grid_extent(coord, voxel_size)
     volume = float(dims[0]) * float(dims[1]) * float(dims[2])
     if volume >= 2**62:
         # the ravelled key would overflow int64: sort rows instead (slower, same result)
@@ -165,7 +162,7 @@ def voxelize(
         )
         grid_coord = rows.numpy()
     else:
-        key = _ravelled_key(coord, lo, voxel_size, dims)
+        key = ravelled_keys(coord, lo, voxel_size, dims)
         dense = max(_DENSE_CELLS_PER_POINT * n, _DENSE_MIN_CELLS)
         if volume <= min(dense, _DENSE_MAX_CELLS):
             uk, inv = _unique_dense(key, int(volume))
@@ -176,8 +173,7 @@ def voxelize(
                 torch.from_numpy(key), sorted=True, return_inverse=True, return_counts=True
             )
             uk = ukey.numpy()
-        d1, d2 = int(dims[1]), int(dims[2])
-        grid_coord = np.stack([uk // (d1 * d2), (uk // d2) % d1, uk % d2], 1)
+        grid_coord = unravel_keys(uk, dims)
     m = counts.numel()
     point = torch.arange(n, dtype=torch.int64)
     if mode == "train":
@@ -201,13 +197,11 @@ def voxelize(
             feats_out = _mean_rows(f2, inverse, counts)
         if f.ndim == 1:
             feats_out = feats_out[:, 0]
-    grid_coord = grid_coord.astype(np.int32)
-    origin = lo
     return Voxelized(
         grid_coord=grid_coord.astype(np.int32),
         inverse=inverse.numpy().astype(np.int64, copy=False),
         counts=counts.numpy().astype(np.int64, copy=False),
         index=index.numpy(),
         features=feats_out,
-        origin=origin,
+        origin=lo,
     )

@@ -445,6 +445,20 @@ class RandomDropout(_Random):
         return take_points(sample, index)
 
 
+def _crop_center(
+    coord: np.ndarray,
+    mode: str,
+    rng: np.random.Generator,
+    bounds: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Centre of a crop: a random point (``"random"``) or the middle of the bounding box
+    (``bounds``: the float64 (min, max) if the caller has them already)."""
+    if mode == "random":
+        return coord[rng.integers(coord.shape[0])].astype(np.float64)
+    lo, hi = bounds if bounds is not None else (coord.min(0).astype(np.float64), coord.max(0))
+    return (lo + hi) / 2
+
+
 class SphereCrop(_Random):
     """Keep the ``max_points`` points nearest to a centre: a random point (``mode="random"``,
     for training) or the middle of the bounding box (``"center"``). Clouds with at most
@@ -469,10 +483,7 @@ class SphereCrop(_Random):
         n = coord.shape[0]
         if n <= self.max_points:
             return dict(sample)
-        if self.mode == "random":
-            center = coord[self.rng.integers(n)].astype(np.float64)
-        else:
-            center = (coord.min(0).astype(np.float64) + coord.max(0)) / 2
+        center = _crop_center(coord, self.mode, self.rng)
         d2 = ((coord - center) ** 2).sum(1)
         index = np.sort(np.argpartition(d2, self.max_points - 1)[: self.max_points])
         return take_points(sample, index)
@@ -507,9 +518,6 @@ class BoxCrop(_Random):
         lo, hi = coord.min(0).astype(np.float64), coord.max(0).astype(np.float64)
         if np.all(hi - lo <= 2 * self.half):
             return dict(sample)
-        if self.mode == "random":
-            center = coord[self.rng.integers(coord.shape[0])].astype(np.float64)
-        else:
-            center = (lo + hi) / 2
+        center = _crop_center(coord, self.mode, self.rng, (lo, hi))
         inside = np.all(np.abs(coord - center) <= self.half, axis=1)
         return take_points(sample, np.flatnonzero(inside))

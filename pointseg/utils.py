@@ -13,6 +13,15 @@ from omegaconf import OmegaConf
 
 
 def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (``os.umask`` alone
+    can only read it by setting it, which briefly affects files other threads create)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -10,6 +10,10 @@ first. Traps handled here (all measured with spconv 2.3.8, torch 2.13 CPU):
   to the wrong outputs. spconv's OpenMP calls resolve to torch's runtime, so the kernel runs with
   torch's thread count set to 1 for the call (restored after). That is exact, and 9 % faster per
   training step than a ``Tensor.index_add_`` replacement (the kernel is memory-bound).
+- The CPU sparse-conv path itself is pointseg's, on spconv's kernels: rulebooks from a lookup
+  table (``rulebook``, 4-5x faster than spconv's single-threaded hash on the largest level) and
+  the gather-GEMM-scatter loop of ``cpu_conv`` (multi-threaded gathers, no input gradient for
+  the data). ``spconv_as_shipped()`` switches all of it back, for benchmarks.
 - Indices that are not C-contiguous are read as if they were (``nonzero().int()`` is column-major):
   silently wrong rulebooks. ``sparse_tensor`` makes them contiguous.
 - float64 features are refused (the network is float32), as are duplicate voxels (the rulebook
@@ -24,11 +28,17 @@ from collections.abc import Iterator
 
 import spconv.pytorch as spconv
 import torch
+from cumm import tensorview as tv
 from spconv.core import ConvAlgo
 from spconv.core_cc.csrc.sparse import all as _spconv_cc
 from spconv.pytorch import cppcore
+from spconv.pytorch import ops as spconv_ops
 from spconv.pytorch.conv import SparseConvolution
 from torch import Tensor, nn
+
+from pointseg.models import cpu_conv, rulebook
+
+_ACT_NONE = tv.gemm.Activation.None_
 
 # spconv's originals, kept so the patch recognises every module that bound them by name.
 _ORIGINAL_GET_STREAM = getattr(cppcore.get_current_stream, "_pointseg_original", None)
@@ -72,22 +82,182 @@ class _SpconvOpsProxy:
 _OPS_PROXY = _SpconvOpsProxy()
 
 
-@contextlib.contextmanager
-def spconv_scatter(*, shipped: bool) -> Iterator[None]:
-    """``shipped=True``: inside the block, sparse convs run spconv's CPU scatter-add as shipped,
-    with all of torch's threads.
+_SHIPPED = False  # True inside spconv_as_shipped(): every CPU op is spconv's own
 
-    For benchmarks only: that kernel races with more than one OpenMP thread (see above), so its
-    results are wrong; its speed is the baseline pointseg's single-threaded call is measured
-    against.
+
+@contextlib.contextmanager
+def spconv_as_shipped() -> Iterator[None]:
+    """Inside the block, sparse convs run spconv's CPU path exactly as shipped: its rulebook
+    builder, its gather/GEMM/scatter loop and its multi-threaded scatter-add.
+
+    For benchmarks only: that scatter-add races with more than one OpenMP thread (see above), so
+    its results are wrong; its speed is the baseline pointseg's CPU path is measured against.
     """
-    previous = _SpconvOpsProxy.__dict__["scatter_add_cpu"]
-    if shipped:
-        _SpconvOpsProxy.scatter_add_cpu = staticmethod(_ORIGINAL_OPS.scatter_add_cpu)
+    global _SHIPPED
+    previous_flag, previous = _SHIPPED, _SpconvOpsProxy.__dict__["scatter_add_cpu"]
+    _SHIPPED = True
+    _SpconvOpsProxy.scatter_add_cpu = staticmethod(_ORIGINAL_OPS.scatter_add_cpu)
     try:
         yield
     finally:
+        _SHIPPED = previous_flag
         _SpconvOpsProxy.scatter_add_cpu = previous
+
+
+_ORIGINAL_GET_PAIRS = getattr(
+    spconv_ops.get_indice_pairs, "_pointseg_original", spconv_ops.get_indice_pairs
+)
+_ORIGINAL_CONV = getattr(spconv_ops.indice_conv, "_pointseg_original", spconv_ops.indice_conv)
+_ORIGINAL_CONV_BACKWARD = getattr(
+    spconv_ops.indice_conv_backward, "_pointseg_original", spconv_ops.indice_conv_backward
+)
+
+
+def _get_indice_pairs(
+    indices,
+    batch_size,
+    spatial_shape,
+    algo,
+    ksize,
+    stride,
+    padding,
+    dilation,
+    out_padding,
+    subm=False,
+    transpose=False,
+    num_out_act_bound=-1,
+):
+    """spconv's ``get_indice_pairs``, with pointseg's lookup-table builder on the CPU for the
+    cases it covers (``rulebook``): submanifold convs with odd kernels and k == stride convs."""
+    plain = (
+        not _SHIPPED
+        and not indices.is_cuda
+        and algo == ConvAlgo.Native
+        and not transpose
+        and num_out_act_bound < 0
+        and all(d == 1 for d in dilation)
+    )
+    if plain and subm and all(k % 2 == 1 for k in ksize):
+        dims = rulebook.subm_table_dims(indices, ksize)
+        if rulebook.lookup_fits(indices.shape[0], batch_size, dims):
+            pairs, counts = rulebook.subm_pairs(indices, batch_size, list(spatial_shape), ksize)
+            return indices, pairs, counts
+    if (
+        plain
+        and not subm
+        and list(ksize) == list(stride)
+        and all(p == 0 for p in padding)
+        and all(s % k == 0 for s, k in zip(spatial_shape, ksize, strict=True))
+    ):
+        return rulebook.strided_pairs(indices, batch_size, list(spatial_shape), list(ksize))
+    return _ORIGINAL_GET_PAIRS(
+        indices,
+        batch_size,
+        spatial_shape,
+        algo,
+        ksize,
+        stride,
+        padding,
+        dilation,
+        out_padding,
+        subm,
+        transpose,
+        num_out_act_bound,
+    )
+
+
+def _ours(features: Tensor, filters: Tensor, algo) -> bool:
+    return (
+        not _SHIPPED
+        and not features.is_cuda
+        and features.dtype == torch.float32
+        and filters.dtype == torch.float32
+        and algo == ConvAlgo.Native
+    )
+
+
+def _indice_conv(
+    features,
+    filters,
+    indice_pairs,
+    indice_pair_num,
+    num_activate_out,
+    inverse=False,
+    subm=False,
+    algo=ConvAlgo.Native,
+    timer=None,
+    bias=None,
+    act_alpha=0.0,
+    act_beta=0.0,
+    act_type=None,
+    **kwargs,
+):
+    """spconv's ``indice_conv``; plain float32 CPU convs run ``cpu_conv.conv_forward``."""
+    fused = bias is not None or (act_type is not None and act_type != _ACT_NONE)
+    if _ours(features, filters, algo) and not fused and not kwargs:
+        return cpu_conv.conv_forward(
+            features,
+            filters,
+            indice_pairs,
+            indice_pair_num,
+            num_activate_out,
+            inverse=inverse,
+            subm=subm,
+        )
+    extra = {"timer": timer} if timer is not None else {}
+    if act_type is not None:
+        extra.update(act_alpha=act_alpha, act_beta=act_beta, act_type=act_type)
+    return _ORIGINAL_CONV(
+        features,
+        filters,
+        indice_pairs,
+        indice_pair_num,
+        num_activate_out,
+        inverse,
+        subm,
+        algo,
+        bias=bias,
+        **extra,
+        **kwargs,
+    )
+
+
+def _indice_conv_backward(
+    features,
+    filters,
+    out_bp,
+    indice_pairs,
+    indice_pair_num,
+    inverse=False,
+    subm=False,
+    algo=ConvAlgo.Native,
+    timer=None,
+):
+    """spconv's ``indice_conv_backward``; plain float32 CPU convs run
+    ``cpu_conv.conv_backward``, which skips the input gradient of an input that needs none."""
+    if _ours(features, filters, algo) and out_bp.dtype == torch.float32:
+        return cpu_conv.conv_backward(
+            features,
+            filters,
+            out_bp,
+            indice_pairs,
+            indice_pair_num,
+            inverse=inverse,
+            subm=subm,
+            input_grad=features.requires_grad,
+        )
+    extra = {"timer": timer} if timer is not None else {}
+    return _ORIGINAL_CONV_BACKWARD(
+        features, filters, out_bp, indice_pairs, indice_pair_num, inverse, subm, algo, **extra
+    )
+
+
+for _fn, _orig in (
+    (_get_indice_pairs, _ORIGINAL_GET_PAIRS),
+    (_indice_conv, _ORIGINAL_CONV),
+    (_indice_conv_backward, _ORIGINAL_CONV_BACKWARD),
+):
+    _fn._pointseg_original = _orig  # type: ignore[attr-defined]
 
 
 def patch_spconv() -> None:
@@ -98,6 +268,9 @@ def patch_spconv() -> None:
     """
     patches = {"get_current_stream": (_ORIGINAL_GET_STREAM, _get_current_stream)}
     patches["SpconvOps"] = (_ORIGINAL_OPS, _OPS_PROXY)
+    patches["get_indice_pairs"] = (_ORIGINAL_GET_PAIRS, _get_indice_pairs)
+    patches["indice_conv"] = (_ORIGINAL_CONV, _indice_conv)
+    patches["indice_conv_backward"] = (_ORIGINAL_CONV_BACKWARD, _indice_conv_backward)
     for name, module in list(sys.modules.items()):
         if not name.startswith("spconv") or module is None:
             continue

@@ -1,0 +1,132 @@
+"""The CPU gather-GEMM-scatter loop of a sparse conv, on spconv's rulebooks and kernels.
+
+spconv runs a sparse conv on the CPU as one loop over kernel offsets: gather the input rows of
+the offset's pairs, multiply by the offset's weight, scatter-add into the output rows. pointseg
+keeps that plan, spconv's rulebooks, its weight layout and its scatter-add kernel, and changes
+three things (each measured on the o3dml_plan training step, see ``docs/benchmarks.md``):
+
+- rows are gathered with ``torch.index_select``, which uses every torch thread (spconv's
+  ``gather_cpu`` uses one);
+- the scatter-add runs on one thread (see ``spconv_compat``: spconv's multi-threaded one races);
+- the backward pass skips the input gradient when the input needs none (the first conv of a
+  network: its input is the data), which spconv always computes.
+
+Weights are KRSC: (C_out, *kernel, C_in), spconv's layout on every device. Summation order per
+output row is spconv's (the centre offset first for submanifold convs, then offsets in order), so
+results match spconv's own loop (``tests/test_rulebook.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from spconv.core_cc.csrc.sparse.all import SpconvOps
+from spconv.pytorch.cppcore import torch_tensor_to_tv
+from torch import Tensor
+
+
+def _offsets(counts: Tensor, subm: bool) -> Iterator[tuple[int, int]]:
+    """(kernel offset, pair count) of every offset with pairs, in spconv's order.
+
+    A submanifold rulebook stores counts up to the centre only (the mirrored offsets have the
+    same counts) and leaves the centre out: its GEMM covers every row at once.
+    """
+    num = counts.tolist()
+    kv = len(num)
+    center = kv // 2
+    for k in range(kv):
+        if subm and k == center:
+            continue
+        n = num[kv - 1 - k] if subm and k > center else num[k]
+        if n > 0:
+            yield k, n
+
+
+def scatter_add_rows(out: Tensor, rows: Tensor, index: Tensor) -> None:
+    """out[index[i]] += rows[i]: spconv's kernel, on one thread (it races with more)."""
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        SpconvOps.scatter_add_cpu(
+            torch_tensor_to_tv(out), torch_tensor_to_tv(rows), torch_tensor_to_tv(index)
+        )
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+
+
+def conv_forward(
+    features: Tensor,
+    filters: Tensor,
+    pairs: Tensor,
+    counts: Tensor,
+    num_out: int,
+    *,
+    inverse: bool,
+    subm: bool,
+) -> Tensor:
+    """(num_out, C_out) output of a sparse conv of CPU float32 ``features`` (N, C_in)."""
+    features = features.contiguous()
+    c_out, c_in = filters.shape[0], filters.shape[-1]
+    weight = filters.reshape(c_out, -1, c_in)  # (C_out, K, C_in)
+    kv = weight.shape[1]
+    if subm:
+        out = torch.mm(features, weight[:, kv // 2].t())
+    else:
+        out = features.new_zeros((num_out, c_out))
+    offsets = list(_offsets(counts, subm))
+    if not offsets:
+        return out
+    most = max(n for _, n in offsets)
+    rows_in = features.new_empty((most, c_in))
+    rows_out = features.new_empty((most, c_out))
+    src, dst = pairs[int(inverse)], pairs[int(not inverse)]
+    for k, n in offsets:
+        a, b = rows_in[:n], rows_out[:n]
+        torch.index_select(features, 0, src[k, :n], out=a)
+        torch.mm(a, weight[:, k].t(), out=b)
+        scatter_add_rows(out, b, dst[k, :n])
+    return out
+
+
+def conv_backward(
+    features: Tensor,
+    filters: Tensor,
+    grad_out: Tensor,
+    pairs: Tensor,
+    counts: Tensor,
+    *,
+    inverse: bool,
+    subm: bool,
+    input_grad: bool = True,
+) -> tuple[Tensor | None, Tensor]:
+    """(grad wrt features or None, grad wrt filters) of ``conv_forward``."""
+    features, grad_out = features.contiguous(), grad_out.contiguous()
+    c_out, c_in = filters.shape[0], filters.shape[-1]
+    weight = filters.reshape(c_out, -1, c_in)
+    kv = weight.shape[1]
+    grad_w = torch.zeros((kv, c_out, c_in), dtype=filters.dtype)  # per offset, contiguous
+    grad_in = None
+    if subm:
+        torch.mm(grad_out.t(), features, out=grad_w[kv // 2])
+        if input_grad:
+            grad_in = torch.mm(grad_out, weight[:, kv // 2])
+    elif input_grad:
+        grad_in = torch.zeros_like(features)
+    offsets = list(_offsets(counts, subm))
+    if offsets:
+        most = max(n for _, n in offsets)
+        rows_in = features.new_empty((most, c_in))
+        rows_out = features.new_empty((most, c_out))
+        src, dst = pairs[int(inverse)], pairs[int(not inverse)]
+        for k, n in offsets:
+            a, b = rows_in[:n], rows_out[:n]
+            torch.index_select(features, 0, src[k, :n], out=a)
+            torch.index_select(grad_out, 0, dst[k, :n], out=b)
+            torch.mm(b.t(), a, out=grad_w[k])
+            if grad_in is not None:
+                torch.mm(b, weight[:, k], out=a)
+                scatter_add_rows(grad_in, a, src[k, :n])
+    return grad_in, grad_w.permute(1, 0, 2).reshape(filters.shape)

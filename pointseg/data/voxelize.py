@@ -7,6 +7,7 @@ grid coordinates are non-negative and start at 0.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -107,6 +108,11 @@ def ravelled_keys(
 def unravel_keys(keys: np.ndarray, dims: np.ndarray) -> np.ndarray:
     """Cells (M, 3) int64 of ravelled ``keys``: the inverse of ``ravelled_keys``."""
     d1, d2 = int(dims[1]), int(dims[2])
+    if keys.size and int(keys.max()) < 2**31:  # int32 division is ~1.7x faster than int64
+        k32 = keys.astype(np.int32)
+        q, z = np.divmod(k32, np.int32(d2))
+        x, y = np.divmod(q, np.int32(d1))
+        return np.stack([x, y, z], 1).astype(np.int64)
     return np.stack([keys // (d1 * d2), (keys // d2) % d1, keys % d2], 1)
 
 
@@ -121,14 +127,39 @@ def _unique_dense(key: np.ndarray, volume: int) -> tuple[np.ndarray, np.ndarray]
     return ukey, rank.take(key).astype(np.int64)
 
 
-def _mean_rows(f2: np.ndarray, inverse: torch.Tensor, counts: torch.Tensor) -> np.ndarray:
-    """Per-voxel mean of the rows of ``f2`` (N, C), accumulated in float64: (M, C) float32."""
-    m, inv = counts.numel(), inverse.numpy()
-    out = np.empty((m, f2.shape[1]), dtype=np.float32)
-    denom = counts.numpy().astype(np.float64)
-    for j in range(f2.shape[1]):
-        out[:, j] = np.bincount(inv, weights=f2[:, j], minlength=m) / denom
-    return out
+_THREADED_POINTS = 1 << 20  # below this, a thread pool costs more than it saves
+
+
+def _bincounts(
+    inverse: np.ndarray, m: int, f2: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Points per voxel (M,) int64 and, for features ``f2`` (N, C), their per-voxel means
+    accumulated in float64, (M, C) float32.
+
+    ``np.bincount`` releases the GIL, so on large clouds the C + 1 passes run on torch's
+    thread count (data-loader workers with one thread run them in turn).
+    """
+    columns = [] if f2 is None else [np.ascontiguousarray(f2[:, j]) for j in range(f2.shape[1])]
+
+    def one(j: int) -> np.ndarray:
+        weights = None if j < 0 else columns[j]
+        return np.bincount(inverse, weights=weights, minlength=m)
+
+    jobs = range(-1, len(columns))
+    threads = min(torch.get_num_threads(), len(jobs))
+    if threads > 1 and inverse.size >= _THREADED_POINTS:
+        with ThreadPoolExecutor(threads) as pool:
+            counts, *sums = pool.map(one, jobs)
+    else:
+        counts, *sums = map(one, jobs)
+    if f2 is None:
+        return counts, None
+    out = np.empty((m, len(sums)), dtype=np.float32)
+    denom = counts.astype(np.float64)
+    for j, total in enumerate(sums):
+        np.divide(total, denom, out=total)
+        out[:, j] = total
+    return counts, out
 
 
 def voxelize(
@@ -166,17 +197,24 @@ def voxelize(
         dense = max(_DENSE_CELLS_PER_POINT * n, _DENSE_MIN_CELLS)
         if volume <= min(dense, _DENSE_MAX_CELLS):
             uk, inv = _unique_dense(key, int(volume))
-            inverse = torch.from_numpy(inv)
-            counts = torch.from_numpy(np.bincount(inv, minlength=uk.size))
+            inverse, counts = torch.from_numpy(inv), None  # counted with the features below
         else:
             ukey, inverse, counts = torch.unique(
                 torch.from_numpy(key), sorted=True, return_inverse=True, return_counts=True
             )
             uk = ukey.numpy()
         grid_coord = unravel_keys(uk, dims)
-    m = counts.numel()
-    point = torch.arange(n, dtype=torch.int64)
+    m = grid_coord.shape[0]
+    f2 = None
+    if features is not None:
+        f = np.asarray(features)
+        f2 = f.reshape(f.shape[0], -1)
+    means = None
+    if counts is None or (f2 is not None and mode == "mean"):
+        count_np, means = _bincounts(inverse.numpy(), m, f2 if mode == "mean" else None)
+        counts = torch.from_numpy(count_np)
     if mode == "train":
+        point = torch.arange(n, dtype=torch.int64)
         # one point per voxel, uniformly at random: the smallest (random draw, row) pair wins
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         draw = torch.from_numpy(rng.integers(0, 2**31 - 1, n, dtype=np.int64))
@@ -184,18 +222,15 @@ def voxelize(
         best.scatter_reduce_(0, inverse, (draw << 32) | point, "amin")
         index = best & 0xFFFFFFFF  # the row (n < 2**31: it fits the low 32 bits)
     else:
-        index = torch.full((m,), n, dtype=torch.int64)
-        index.scatter_reduce_(0, inverse, point, "amin")  # first point of each voxel
+        # first point of each voxel; int32 (n < 2**31) halves the memory traffic of int64
+        index = torch.full((m,), n, dtype=torch.int32)
+        index.scatter_reduce_(0, inverse, torch.arange(n, dtype=torch.int32), "amin")
+        index = index.long()
 
     feats_out = None
-    if features is not None:
-        f = np.asarray(features)
-        f2 = f.reshape(f.shape[0], -1)
-        if mode == "train":
-            feats_out = f2[index.numpy()].astype(np.float32)
-        else:
-            feats_out = _mean_rows(f2, inverse, counts)
-        if f.ndim == 1:
+    if f2 is not None:
+        feats_out = f2[index.numpy()].astype(np.float32) if mode == "train" else means
+        if np.asarray(features).ndim == 1:
             feats_out = feats_out[:, 0]
     return Voxelized(
         grid_coord=grid_coord.astype(np.int32),

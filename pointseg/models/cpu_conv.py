@@ -13,7 +13,8 @@ three things (each measured on the o3dml_plan training step, see ``docs/benchmar
 
 Weights are KRSC: (C_out, *kernel, C_in), spconv's layout on every device. Summation order per
 output row is spconv's (the centre offset first for submanifold convs, then offsets in order), so
-results match spconv's own loop (``tests/test_rulebook.py``).
+results match spconv's own loop bit for bit; weight gradients are summed per block of rows, so
+they match to rounding (``tests/test_rulebook.py``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,20 @@ def scatter_add_rows(out: Tensor, rows: Tensor, index: Tensor) -> None:
             torch.set_num_threads(threads)
 
 
+# Rows per block of the gather-GEMM-scatter loop: the two blocks (C_in + C_out floats a row)
+# take about this many bytes, so they stay in the last-level cache between the three steps
+# (on 460 k voxels a training step of spunet_small took 5.5 s instead of 7.0 s; small scenes,
+# whose offsets fit in one block, are unchanged). Weight gradients are summed block by block.
+BLOCK_BYTES = 1 << 22
+
+
+def _blocks(n: int, c_in: int, c_out: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) row ranges covering ``n`` pairs, each at most ``BLOCK_BYTES`` of rows."""
+    step = max(1024, BLOCK_BYTES // (4 * (c_in + c_out)))
+    for start in range(0, n, step):
+        yield start, min(n, start + step)
+
+
 def conv_forward(
     features: Tensor,
     filters: Tensor,
@@ -79,15 +94,17 @@ def conv_forward(
     offsets = list(_offsets(counts, subm))
     if not offsets:
         return out
-    most = max(n for _, n in offsets)
+    most = min(max(n for _, n in offsets), next(_blocks(1 << 62, c_in, c_out))[1])
     rows_in = features.new_empty((most, c_in))
     rows_out = features.new_empty((most, c_out))
     src, dst = pairs[int(inverse)], pairs[int(not inverse)]
     for k, n in offsets:
-        a, b = rows_in[:n], rows_out[:n]
-        torch.index_select(features, 0, src[k, :n], out=a)
-        torch.mm(a, weight[:, k].t(), out=b)
-        scatter_add_rows(out, b, dst[k, :n])
+        w = weight[:, k].t()
+        for lo, hi in _blocks(n, c_in, c_out):
+            a, b = rows_in[: hi - lo], rows_out[: hi - lo]
+            torch.index_select(features, 0, src[k, lo:hi], out=a)
+            torch.mm(a, w, out=b)
+            scatter_add_rows(out, b, dst[k, lo:hi])
     return out
 
 
@@ -117,16 +134,21 @@ def conv_backward(
         grad_in = torch.zeros_like(features)
     offsets = list(_offsets(counts, subm))
     if offsets:
-        most = max(n for _, n in offsets)
+        most = min(max(n for _, n in offsets), next(_blocks(1 << 62, c_in, c_out))[1])
         rows_in = features.new_empty((most, c_in))
         rows_out = features.new_empty((most, c_out))
         src, dst = pairs[int(inverse)], pairs[int(not inverse)]
         for k, n in offsets:
-            a, b = rows_in[:n], rows_out[:n]
-            torch.index_select(features, 0, src[k, :n], out=a)
-            torch.index_select(grad_out, 0, dst[k, :n], out=b)
-            torch.mm(b.t(), a, out=grad_w[k])
-            if grad_in is not None:
-                torch.mm(b, weight[:, k], out=a)
-                scatter_add_rows(grad_in, a, src[k, :n])
+            gw, w = grad_w[k], weight[:, k]
+            for lo, hi in _blocks(n, c_in, c_out):
+                a, b = rows_in[: hi - lo], rows_out[: hi - lo]
+                torch.index_select(features, 0, src[k, lo:hi], out=a)
+                torch.index_select(grad_out, 0, dst[k, lo:hi], out=b)
+                if lo == 0:
+                    torch.mm(b.t(), a, out=gw)
+                else:
+                    gw.addmm_(b.t(), a)
+                if grad_in is not None:
+                    torch.mm(b, w, out=a)
+                    scatter_add_rows(grad_in, a, src[k, lo:hi])
     return grad_in, grad_w.permute(1, 0, 2).reshape(filters.shape)

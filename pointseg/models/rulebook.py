@@ -28,9 +28,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-LOOKUP_CELLS_PER_VOXEL = 64  # int32 table of at most 256 bytes per voxel
+LOOKUP_CELLS_PER_VOXEL = 128  # int32 table of at most 512 bytes per voxel
 LOOKUP_MIN_CELLS = 1 << 22  # 16 MiB: always fine
-LOOKUP_MAX_CELLS = 1 << 28  # 1 GiB: never
+LOOKUP_MAX_CELLS = 1 << 27  # 512 MiB: never
 
 
 def _table_cells(batch_size: int, dims: list[int]) -> int:

@@ -1,35 +1,32 @@
-"""Point-cloud files in: PLY, PCD, XYZ/TXT/CSV, NPY/NPZ, LAS/LAZ and KITTI ``.bin``.
+"""Readers: ``read_points``, ``check_features`` and one parser per format.
 
 ``read_points`` returns a sample dict in the project's vocabulary: ``coord (N, 3) f32``,
 ``origin (3,) f64`` (world = coord + origin), and where the file has them ``color (N, 3) f32
 in [0, 1]``, ``strength (N, 1) f32``, ``normal (N, 3) f32``, ``segment (N,) i64`` (a label
 field), ``classification (N,) u8`` and ``returns (N, 2) f32`` (LAS). Coordinates larger than
 float32 can hold to the millimetre (georeferenced tiles) are re-centred in float64 first.
-The writers (``write_npy``, ``write_labeled_ply``, ``write_las_classification``) go through a
-temporary file in the target folder and a rename, so a crash never leaves a half file.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pointseg.utils import public_mode
+from pointseg.io.formats import (
+    FORMATS,
+    MissingFeatureError,
+    PointFileError,
+    detect_format,
+    sniff_format,
+)
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("pointseg.io")  # the package's logger: log lines keep its name
 
 Sample = dict[str, Any]
-FORMATS: dict[str, str] = {
-    ".ply": "ply", ".pcd": "pcd", ".xyz": "text", ".txt": "text", ".csv": "text",
-    ".pts": "text", ".npy": "npy", ".npz": "npz", ".las": "las", ".laz": "las", ".bin": "kitti",
-}  # fmt: skip
 RECENTER_ABOVE = 1.0e4  # float32 spacing at 1e4 is ~1 mm: beyond it, subtract an origin
 # names a column / PLY property may have -> (sample key, channel)
 _FIELDS: dict[str, tuple[str, int]] = {
@@ -47,48 +44,6 @@ _FIELDS: dict[str, tuple[str, int]] = {
 }  # fmt: skip
 _WIDTH = {"coord": 3, "color": 3, "normal": 3, "strength": 1, "segment": 1}
 _DEFAULT_COLUMNS = {3: "x,y,z", 4: "x,y,z,intensity", 6: "x,y,z,r,g,b"}
-
-
-class PointFileError(ValueError):
-    """A point-cloud file that cannot be used; the message names the file and the fix."""
-
-
-class MissingFeatureError(PointFileError):
-    """The file lacks a per-point feature the model needs."""
-
-
-def detect_format(path: str | Path, fmt: str | None = None) -> str:
-    path = Path(path)
-    if fmt:
-        fmt = fmt.lower().lstrip(".")
-        name = FORMATS.get("." + fmt, fmt)
-        if name not in set(FORMATS.values()):
-            raise PointFileError(
-                f"{path}: unknown format={fmt!r}; use one of {sorted(set(FORMATS.values()))}"
-            )
-        return name
-    ext = path.suffix.lower()
-    if ext not in FORMATS:
-        raise PointFileError(
-            f"{path}: unknown extension {ext!r}; supported: {', '.join(sorted(FORMATS))}. "
-            "Rename the file or pass format=<ply|pcd|text|npy|npz|las|kitti>"
-        )
-    return FORMATS[ext]
-
-
-_MAGIC = {b"ply": "ply", b"LASF": "las", b"\x93NUMPY": "npy", b"PK\x03\x04": "npz"}
-
-
-def sniff_format(path: str | Path) -> str | None:
-    """The format a file's first bytes prove (PLY, LAS/LAZ, NPY, NPZ, PCD), else None."""
-    with open(path, "rb") as f:
-        head = f.read(64)
-    for magic, name in _MAGIC.items():
-        if head.startswith(magic):
-            return name
-    if head.startswith((b"# .PCD", b"VERSION")):
-        return "pcd"
-    return None
 
 
 def read_points(
@@ -599,132 +554,3 @@ _READERS = {
     "npz": _read_npz,
     "kitti": _read_kitti,
 }
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path in ``path``'s folder, renamed onto ``path`` if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        public_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_npy(path: str | Path, array: np.ndarray) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, array)  # a file object: np.save would append ".npy" to a path
-    return path
-
-
-def label_dtype(num_classes: int) -> np.dtype:
-    """Smallest unsigned integer type for labels 0..num_classes-1 (its maximum left free)."""
-    return np.dtype(
-        np.uint8 if num_classes < 256 else np.uint16 if num_classes < 65536 else np.int32
-    )
-
-
-def unlabelled(dtype: np.dtype) -> int:
-    """The label written for points that got none (NaN/Inf coordinates): the dtype's
-    largest value, which ``label_dtype`` keeps free of classes."""
-    return int(np.iinfo(dtype).max)
-
-
-_PLY_TYPES = {"u1": "uchar", "<u2": "ushort", "<i4": "int", "<f4": "float", "<f8": "double"}
-
-
-def write_labeled_ply(
-    path: str | Path,
-    coord: np.ndarray,
-    labels: np.ndarray,
-    *,
-    origin: np.ndarray | None = None,
-    colors: np.ndarray,
-    class_names: Sequence[str],
-    chunk_size: int = 2_000_000,
-) -> Path:
-    """Binary PLY: x, y, z (double when ``origin`` is non-zero), red/green/blue uint8 class
-    colours ``colors (K, 3) u8`` and ``label``; class names go into a header comment."""
-    import json
-
-    path = Path(path)
-    origin = np.zeros(3) if origin is None else np.asarray(origin, dtype=np.float64)
-    cdt = "<f8" if np.any(origin) else "<f4"
-    ldt = label_dtype(len(class_names)).newbyteorder("<").str.replace("|", "")
-    dtype = np.dtype([("x", cdt), ("y", cdt), ("z", cdt), ("red", "u1"), ("green", "u1"),
-                      ("blue", "u1"), ("label", ldt)])  # fmt: skip
-    props = "".join(
-        f"property {_PLY_TYPES[dtype[n].str.replace('|', '')]} {n}\n" for n in dtype.names
-    )
-    head = (
-        "ply\nformat binary_little_endian 1.0\ncomment written by pointseg\n"
-        f"comment pointseg_classes {json.dumps(list(class_names))}\n"
-        f"element vertex {len(coord)}\n{props}end_header\n"
-    )
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(head.encode("ascii"))
-        for i in range(0, len(coord), chunk_size):
-            c, lab = coord[i : i + chunk_size], labels[i : i + chunk_size]
-            rec = np.empty(len(c), dtype=dtype)
-            for a, n in enumerate("xyz"):
-                rec[n] = c[:, a].astype(np.float64) + origin[a] if cdt == "<f8" else c[:, a]
-            rgb = colors[lab]
-            rec["red"], rec["green"], rec["blue"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
-            rec["label"] = lab
-            f.write(rec.tobytes())
-    return path
-
-
-def read_ply_classes(path: str | Path) -> list[str] | None:
-    """Class names stored by ``write_labeled_ply`` in the header, or None."""
-    import json
-
-    with open(path, "rb") as f:
-        for raw in f:
-            line = raw.decode("ascii", "replace").strip()
-            if line.startswith("comment pointseg_classes "):
-                return json.loads(line.split(" ", 2)[2])
-            if line == "end_header":
-                return None
-    return None
-
-
-def write_las_classification(
-    src: str | Path, dst: str | Path, codes: np.ndarray, *, chunk_size: int = 2_000_000
-) -> Path:
-    """Copy LAS/LAZ ``src`` to ``dst`` (LAZ if ``dst`` ends in .laz) chunk by chunk with
-    ``classification`` replaced by ``codes (N,)``; every other field is kept."""
-    import copy
-
-    import laspy
-
-    src, dst = Path(src), Path(dst)
-    if dst.resolve() == src.resolve():
-        raise PointFileError(f"refusing to overwrite the input {src}; choose another output")
-    with laspy.open(src) as reader:
-        hdr = reader.header
-        limit = 31 if hdr.point_format.id < 6 else 255  # formats 0-5 keep 5 bits of class
-        if len(codes) != hdr.point_count:
-            raise ValueError(f"{len(codes)} codes for {hdr.point_count} points of {src}")
-        if len(codes) and int(codes.max()) > limit:
-            raise ValueError(
-                f"class code {int(codes.max())} does not fit LAS point format "
-                f"{hdr.point_format.id} of {src} (max {limit}); map classes to codes <= {limit} "
-                "with asprs_map=..."
-            )
-        with atomic_path(dst) as tmp:
-            compress = dst.suffix.lower() == ".laz"
-            with laspy.open(tmp, mode="w", header=copy.deepcopy(hdr), do_compress=compress) as w:
-                i = 0
-                for chunk in reader.chunk_iterator(chunk_size):
-                    chunk.classification = codes[i : i + len(chunk)]
-                    i += len(chunk)
-                    w.write_points(chunk)
-    return dst

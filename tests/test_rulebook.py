@@ -44,12 +44,23 @@ def coord_key(ind):
     return ((c[:, 0] * 4096 + c[:, 1]) * 4096 + c[:, 2]) * 4096 + c[:, 3]
 
 
+@pytest.mark.parametrize("table", ["batch", "per_sample"])
 @pytest.mark.parametrize("k", [3, 5])
-def test_subm_pairs_equal_spconv(k: int) -> None:
-    ind = scene(0)
+def test_subm_pairs_equal_spconv(k: int, table: str, monkeypatch) -> None:
+    ind = scene(0, batch=3)
+    ind = ind[ind[:, 0] != 1]  # an empty sample in the middle of the batch
     shape = compat.spatial_shape_for(ind, 2)
-    _, want, want_n = spconv_pairs(ind, 2, shape, subm=True, k=k)
-    got, got_n = rulebook.subm_pairs(ind, 2, shape, [k] * 3)
+    if table == "per_sample":  # room for one sample's table, not for the batch's
+        cells = 1
+        for d in rulebook.subm_table_dims(ind, [k] * 3):
+            cells *= d
+        monkeypatch.setattr(rulebook, "LOOKUP_MIN_CELLS", 0)
+        monkeypatch.setattr(rulebook, "LOOKUP_CELLS_PER_VOXEL", 2 * cells / ind.shape[0])
+        dims = rulebook.subm_table_dims(ind, [k] * 3)
+        assert not rulebook.lookup_fits(ind.shape[0], 3, dims)
+        assert rulebook.subm_fits(ind, 3, [k] * 3)
+    _, want, want_n = spconv_pairs(ind, 3, shape, subm=True, k=k)
+    got, got_n = rulebook.subm_pairs(ind, 3, shape, [k] * 3)
     kv, center = k**3, k**3 // 2
     assert got.shape == (2, kv, ind.shape[0]) and int(got_n[center]) == 0
     for off in range(center):

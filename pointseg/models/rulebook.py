@@ -19,8 +19,9 @@ are numbered in sorted (b, x, y, z) order, where spconv uses its hash order; tha
 coarse rows, which the network never sees.
 
 Used when the lookup table is small next to the data (``LOOKUP_CELLS_PER_VOXEL`` cells per
-voxel, or ``LOOKUP_MIN_CELLS``): coarse levels always, the finest level of compact scenes. Other
-cases, and every CUDA tensor, keep spconv's own builder.
+voxel, or ``LOOKUP_MIN_CELLS``); a submanifold rulebook whose batch-wide table would be too
+large reuses one sample-sized table. Other cases (a single sample spread over a huge, nearly
+empty grid), and every CUDA tensor, keep spconv's own builder.
 """
 
 from __future__ import annotations
@@ -63,6 +64,14 @@ def _keys(indices: Tensor, dims: list[int], shift: list[int]) -> Tensor:
     return key * dims[2] + (c[:, 3] + shift[2])
 
 
+def subm_fits(indices: Tensor, batch_size: int, ksize: list[int]) -> bool:
+    """Whether ``subm_pairs`` builds this rulebook: a table over the whole batch, or else one
+    table reused sample by sample, must fit ``lookup_fits`` for the batch's voxel count."""
+    dims = subm_table_dims(indices, ksize)
+    n = indices.shape[0]
+    return lookup_fits(n, batch_size, dims) or lookup_fits(n, 1, dims)
+
+
 def subm_pairs(
     indices: Tensor, batch_size: int, spatial_shape: list[int], ksize: list[int]
 ) -> tuple[Tensor, Tensor]:
@@ -70,36 +79,55 @@ def subm_pairs(
 
     ``indices`` (N, 4) int32 [b, x, y, z], unique and non-negative. Neighbours are looked up
     in the occupied extent, so ``spatial_shape`` (kept for spconv's signature) is not needed.
+    When one table over the whole batch would be too large, one sample-sized table is filled,
+    read and cleared sample by sample.
     """
     n = indices.shape[0]
     radius = [k // 2 for k in ksize]
     dims = subm_table_dims(indices, ksize)
-    key = _keys(indices, dims, radius)
-    table = torch.full((_table_cells(batch_size, dims),), -1, dtype=torch.int32)
-    rows = torch.arange(n, dtype=torch.int32)
-    table[key] = rows
     kv = ksize[0] * ksize[1] * ksize[2]
     center = kv // 2
+    sx, sy = dims[1] * dims[2], dims[2]
+    deltas = [
+        dx * sx + dy * sy + dz
+        for dx in range(-radius[0], radius[0] + 1)
+        for dy in range(-radius[1], radius[1] + 1)
+        for dz in range(-radius[2], radius[2] + 1)
+    ][:center]  # offsets past the centre mirror these, with rows swapped
+    rows = torch.arange(n, dtype=torch.int32)
+    neighbour = torch.empty((center, n), dtype=torch.int32)  # input row at out + d, or -1
+    if lookup_fits(n, batch_size, dims):
+        key = _keys(indices, dims, radius)
+        table = torch.full((_table_cells(batch_size, dims),), -1, dtype=torch.int32)
+        table[key] = rows
+        for k, d in enumerate(deltas):
+            torch.index_select(table, 0, key + d, out=neighbour[k])
+    else:
+        table = torch.full((_table_cells(1, dims),), -1, dtype=torch.int32)
+        batch = indices[:, 0]
+        local = indices.clone()
+        local[:, 0] = 0
+        for b in range(batch_size):
+            sample = (batch == b).nonzero().squeeze(1)
+            if sample.numel() == 0:
+                continue
+            key = _keys(local[sample], dims, radius)
+            table[key] = sample.int()
+            for k, d in enumerate(deltas):
+                neighbour[k, sample] = table[key + d]
+            table[key] = -1  # clear for the next sample
     pairs = torch.full((2, kv, n), -1, dtype=torch.int32)
     counts = torch.zeros(kv, dtype=torch.int32)
-    sx, sy = dims[1] * dims[2], dims[2]
-    k = 0
-    for dx in range(-radius[0], radius[0] + 1):
-        for dy in range(-radius[1], radius[1] + 1):
-            for dz in range(-radius[2], radius[2] + 1):
-                if k < center:  # offsets past the centre mirror these, with rows swapped
-                    neighbour = table[key + (dx * sx + dy * sy + dz)]  # input row at out + d
-                    found = neighbour >= 0
-                    out_rows = rows[found]
-                    m = out_rows.numel()
-                    counts[k] = m
-                    pairs[0, k, :m] = neighbour[found]
-                    pairs[1, k, :m] = out_rows
-                    mirror = kv - 1 - k
-                    pairs[0, mirror, :m] = out_rows
-                    pairs[1, mirror, :m] = pairs[0, k, :m]
-                    counts[mirror] = m
-                k += 1
+    for k in range(center):
+        found = neighbour[k] >= 0
+        out_rows = rows[found]
+        m = out_rows.numel()
+        mirror = kv - 1 - k
+        pairs[0, k, :m] = neighbour[k][found]
+        pairs[1, k, :m] = out_rows
+        pairs[0, mirror, :m] = out_rows
+        pairs[1, mirror, :m] = pairs[0, k, :m]
+        counts[k] = counts[mirror] = m
     return pairs, counts
 
 

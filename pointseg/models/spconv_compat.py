@@ -137,11 +137,10 @@ def _get_indice_pairs(
         and num_out_act_bound < 0
         and all(d == 1 for d in dilation)
     )
-    if plain and subm and all(k % 2 == 1 for k in ksize):
-        dims = rulebook.subm_table_dims(indices, ksize)
-        if rulebook.lookup_fits(indices.shape[0], batch_size, dims):
-            pairs, counts = rulebook.subm_pairs(indices, batch_size, list(spatial_shape), ksize)
-            return indices, pairs, counts
+    odd = all(k % 2 == 1 for k in ksize)
+    if plain and subm and odd and rulebook.subm_fits(indices, batch_size, ksize):
+        pairs, counts = rulebook.subm_pairs(indices, batch_size, list(spatial_shape), ksize)
+        return indices, pairs, counts
     if (
         plain
         and not subm

@@ -30,7 +30,7 @@ from pointseg.guards import (
 )
 from pointseg.metrics import confusion_matrix, format_table, scores
 from pointseg.report import write_report
-from pointseg.utils import CONF_DIR, write_json
+from pointseg.utils import CONF_DIR, reuse_freed_memory, write_json
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +208,7 @@ def _render_worst(cfg, run_dir, predictor, dataset, per_scene, n) -> list[tuple[
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
 @guard_task("pointseg-eval")
 def _hydra_main(cfg: DictConfig) -> None:
+    reuse_freed_memory()
     result = evaluate(cfg)
     split = result["split"]
     print(f"{split}/miou: {result[f'{split}/miou']:.4f}")

@@ -17,7 +17,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from pointseg.guards import guard_task, run_hydra
 from pointseg.metrics import format_table
-from pointseg.utils import CONF_DIR, find_last_checkpoint, write_json
+from pointseg.utils import CONF_DIR, find_last_checkpoint, reuse_freed_memory, write_json
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ def print_summary(result: dict[str, Any]) -> None:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 @guard_task("pointseg-train")
 def _hydra_main(cfg: DictConfig) -> None:
+    reuse_freed_memory()  # the console script only: a library call leaves the allocator alone
     result = train(cfg)
     if rank_zero_only.rank == 0:  # under DDP every rank returns here; one summary is enough
         print_summary(result)

@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
+
+
+def reuse_freed_memory() -> bool:
+    """Keep large freed blocks in glibc's heap for reuse instead of unmapping them.
+
+    glibc serves every allocation above its mmap threshold (at most 32 MB) with a fresh
+    ``mmap`` and unmaps it on free, so each large activation or gradient tensor of a big scene
+    page-faults its memory back in, on every step. Measured on CPU training steps of
+    spunet_small: 16 rooms at 5 cm (922 k voxels) 16.3 -> 9.4 s and 15.5 -> 11.0 s; 8 rooms
+    6.8-7.2 -> 5.2-5.3 s; batches of 2, 5 and 9 rooms in turn 56.8 -> 42.6 s for 12 steps;
+    1 and 4 rooms unchanged. The cost: the process keeps its heap instead of returning it to
+    the system, like torch's CUDA caching allocator (peak RSS 2.53 -> 3.08 GB in the mixed
+    run, flat after a few steps). pointseg-train, -eval and -prune call this;
+    ``POINTSEG_REUSE_MEMORY=0`` turns it off. Returns whether it was applied (glibc only).
+    """
+    if os.environ.get("POINTSEG_REUSE_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4  # glibc's mallopt parameter numbers
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):  # not glibc (musl, macOS): leave the allocator alone
+        return False
 
 
 def _umask() -> int:

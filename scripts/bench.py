@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from pointseg.data.datasets.synthetic import SyntheticRooms  # noqa: E402
 from pointseg.data.voxelize import voxelize  # noqa: E402
-from pointseg.utils import atomic_write_text, write_json  # noqa: E402
+from pointseg.utils import atomic_write_text, reuse_freed_memory, write_json  # noqa: E402
 
 SECTIONS = ("voxelize", "dense", "o3dml", "inference", "scaling")
 
@@ -502,7 +502,8 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         f"{m['cpu']} ({m['cores']} cores, torch threads {m['torch_threads']}), torch "
         f"{m['torch']}, spconv {m['spconv']}, Python {m['python']}; "
-        f"{'quick' if res['quick'] else 'full'} run, {res['date']}.",
+        f"{'quick' if res['quick'] else 'full'} run, {res['date']}; freed memory "
+        f"{'reused' if m.get('reuse_freed_memory') else 'returned to the system'}.",
         "",
     ]
     if "voxelize" in res:
@@ -617,13 +618,14 @@ def main() -> None:
         ap.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    reused = reuse_freed_memory()  # as pointseg-train does (POINTSEG_REUSE_MEMORY=0: off)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     q = args.quick
     res: dict[str, Any] = {
         "quick": q,
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": machine(),
+        "machine": {**machine(), "reuse_freed_memory": reused},
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
     t0 = time.perf_counter()

@@ -27,7 +27,7 @@ from pointseg.guards import guard_task
 from pointseg.prune import measure, structured, unstructured
 from pointseg.prune.finetune import finetune, recalibrate_bn
 from pointseg.prune.report import write_prune_report
-from pointseg.utils import CONF_DIR, write_json
+from pointseg.utils import CONF_DIR, reuse_freed_memory, write_json
 
 log = logging.getLogger(__name__)
 METHODS = ("magnitude", "l1", "structured")
@@ -304,6 +304,7 @@ def _describe(p: DictConfig) -> str:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="prune")
 @guard_task("pointseg-prune")
 def hydra_main(cfg: DictConfig) -> None:
+    reuse_freed_memory()
     result = prune(cfg)
     dense, after, lat = result["dense"], result["after"], result["latency"]
     print(f"dense val/miou: {dense['miou']:.4f}")

@@ -129,25 +129,42 @@ def _leaf_keys(node: Any, prefix: str = "") -> Iterator[str]:
             yield from _leaf_keys(child, f"{full}.")
 
 
-def key_hints(config_name: str, overrides: Sequence[str], conf_dir: str) -> list[str]:
-    """Hint lines ("did you mean ...") for the ``key=value`` overrides naming no config key."""
+def _composed(config_name: str, overrides: Sequence[str], conf_dir: str):
+    """The config with the override's config groups chosen (else the plain defaults)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
 
     sets = [o for o in overrides if "=" in o and not o.startswith(("+", "~", "-"))]
     groups = [o for o in sets if "." not in o.split("=", 1)[0]]
-    cfg = None
-    for trial in (groups, []):  # with the config groups chosen, else the plain defaults
+    for trial in (groups, []):
         GlobalHydra.instance().clear()
         try:
             with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
-                cfg = compose(config_name=config_name, overrides=list(trial))
-            break
+                return compose(config_name=config_name, overrides=list(trial))
         except Exception:
             continue
         finally:
             GlobalHydra.instance().clear()
+    return None
+
+
+def _closest_key(cfg: Any, key: str, keys: list[str], cutoff: float = 0.6) -> str | None:
+    """The existing key closest to ``key``: among its siblings when its parent exists."""
+    from omegaconf import OmegaConf
+
+    parent, leaf = key.rsplit(".", 1) if "." in key else ("", key)
+    node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+    if node is not None and hasattr(node, "keys"):  # the parent exists: compare leaf names
+        close = difflib.get_close_matches(leaf, [str(k) for k in node], 1, cutoff)
+        return f"{parent}.{close[0]}" if close and parent else (close[0] if close else None)
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
+def key_hints(config_name: str, overrides: Sequence[str], conf_dir: str) -> list[str]:
+    """Hint lines ("did you mean ...") for the ``key=value`` overrides naming no config key."""
+    sets = [o for o in overrides if "=" in o and not o.startswith(("+", "~", "-"))]
+    cfg = _composed(config_name, overrides, conf_dir)
     if cfg is None:
         return []
     keys = list(_leaf_keys(cfg))
@@ -156,20 +173,42 @@ def key_hints(config_name: str, overrides: Sequence[str], conf_dir: str) -> list
         key = item.split("=", 1)[0].strip()
         if "." not in key or key in keys:
             continue
-        parent, leaf = key.rsplit(".", 1)
-        node = OmegaConf.select(cfg, parent, default=None)
-        if node is not None and hasattr(node, "keys"):  # the parent exists: compare leaf names
-            close = [f"{parent}.{k}" for k in difflib.get_close_matches(leaf, list(node.keys()), 1)]
-        else:
-            close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+        close = _closest_key(cfg, key, keys)
         if close:
-            hints.append(f"hint: '{key}' is not a config key; did you mean {close[0]}?")
+            hints.append(f"hint: '{key}' is not a config key; did you mean {close}?")
         else:
             hints.append(
                 f"hint: '{key}' is not a config key (print them all with --cfg job); to add a "
                 f"new key, write +{item}"
             )
     return hints
+
+
+def added_key_warnings(config_name: str, overrides: Sequence[str], conf_dir: str) -> list[str]:
+    """Warnings for ``+key=value`` overrides that add a key next to a very similar one.
+
+    Hydra accepts any new key after ``+``, so ``+trainer.max_epoch=3`` runs with the default
+    epochs and the typo unused; this names the key that was probably meant.
+    """
+    adds = [o[1:] for o in overrides if o.startswith("+") and not o.startswith("++") and "=" in o]
+    if not adds:
+        return []
+    cfg = _composed(config_name, overrides, conf_dir)
+    if cfg is None:
+        return []
+    keys = list(_leaf_keys(cfg))
+    out = []
+    for item in adds:
+        key = item.split("=", 1)[0].strip()
+        if key in keys:
+            continue  # Hydra itself refuses to add an existing key
+        close = _closest_key(cfg, key, keys, cutoff=0.85)  # a typo, not a deliberate new key
+        if close and close != key:
+            out.append(
+                f"warning: '+{key}' adds a new config key; did you mean {close}? "
+                f"(to change it, write {close}={item.split('=', 1)[1]})"
+            )
+    return out
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -208,6 +247,11 @@ def run_hydra(hydra_main: Callable[[], Any], config_name: str) -> None:
     """Run a ``@hydra.main`` function; when it fails, add a hint for misspelt override keys."""
     from pointseg.utils import CONF_DIR
 
+    try:
+        for line in added_key_warnings(config_name, sys.argv[1:], str(CONF_DIR)):
+            print(line, file=sys.stderr)
+    except Exception:  # a warning is a courtesy: never stop the run for it
+        pass
     try:
         hydra_main()
     except SystemExit as stop:

@@ -20,7 +20,12 @@ from pointseg.data.datasets.scene_folder import SceneFolder
 from pointseg.data.scenes import write_scene
 from pointseg.data.transforms import Voxelize
 from pointseg.data.voxelize import voxelize
-from pointseg.guards import CheckpointMismatchError, LabelRangeError, key_hints
+from pointseg.guards import (
+    CheckpointMismatchError,
+    LabelRangeError,
+    added_key_warnings,
+    key_hints,
+)
 from pointseg.inference import Predictor
 from pointseg.io import MissingFeatureError, PointFileError, read_points
 from pointseg.predict import predict
@@ -410,6 +415,20 @@ def test_misspelt_config_key_hint(tmp_path: Path) -> None:
     assert "Key 'max_epoch' is not in struct" in run.stderr  # Hydra's own message
     assert "did you mean trainer.max_epochs?" in run.stderr
     assert "Traceback" not in run.stderr + run.stdout
+
+
+def test_added_key_close_to_an_existing_one_warns() -> None:
+    """``+key`` adds any key without error in Hydra, so a typo after ``+`` would go unnoticed."""
+    warnings = added_key_warnings("train", ["+trainer.max_epoch=3", "+data.voxel_sise=0.1",
+                                            "+trainer.num_sanity_val_steps=0", "+my_tag=x",
+                                            "trainer.max_epochs=2"], str(CONF_DIR))  # fmt: skip
+    assert warnings == [
+        "warning: '+trainer.max_epoch' adds a new config key; did you mean trainer.max_epochs? "
+        "(to change it, write trainer.max_epochs=3)",
+        "warning: '+data.voxel_sise' adds a new config key; did you mean data.voxel_size? "
+        "(to change it, write data.voxel_size=0.1)",
+    ]
+    assert added_key_warnings("train", ["trainer.max_epochs=2"], str(CONF_DIR)) == []
 
 
 def test_missing_dataset_root(tmp_path: Path) -> None:

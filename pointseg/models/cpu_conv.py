@@ -44,18 +44,24 @@ def _offsets(counts: Tensor, subm: bool) -> Iterator[tuple[int, int]]:
             yield k, n
 
 
-def scatter_add_rows(out: Tensor, rows: Tensor, index: Tensor) -> None:
-    """out[index[i]] += rows[i]: spconv's kernel, on one thread (it races with more)."""
+def scatter_add_tv(out, rows, index) -> None:
+    """out[index[i]] += rows[i] on tensorview tensors (CPU, no copies): spconv's own kernel, on
+    one OpenMP thread. spconv's OpenMP calls resolve to torch's runtime, so torch's thread count
+    is set to 1 for the call and restored after; with more threads the kernel races."""
     threads = torch.get_num_threads()
     if threads > 1:
         torch.set_num_threads(1)
     try:
-        SpconvOps.scatter_add_cpu(
-            torch_tensor_to_tv(out), torch_tensor_to_tv(rows), torch_tensor_to_tv(index)
-        )
+        SpconvOps.scatter_add_cpu(out, rows, index)
     finally:
         if threads > 1:
             torch.set_num_threads(threads)
+
+
+def scatter_add_rows(out: Tensor, rows: Tensor, index: Tensor) -> None:
+    """out[index[i]] += rows[i] for torch tensors (``scatter_add_tv``)."""
+    tv = torch_tensor_to_tv
+    scatter_add_tv(tv(out), tv(rows), tv(index))
 
 
 # Rows per block of the gather-GEMM-scatter loop: the two blocks (C_in + C_out floats a row)

@@ -23,6 +23,7 @@ first. Traps handled here (all measured with spconv 2.3.8, torch 2.13 CPU):
 from __future__ import annotations
 
 import contextlib
+import inspect
 import sys
 from collections.abc import Iterator
 
@@ -64,19 +65,7 @@ class _SpconvOpsProxy:
     def __getattr__(self, name: str):
         return getattr(_ORIGINAL_OPS, name)
 
-    @staticmethod
-    def scatter_add_cpu(out, inp, inds) -> None:
-        """out[inds[i]] += inp[i] for i < len(inds), on tensorview tensors (CPU, no copies):
-        spconv's own kernel, on one OpenMP thread (torch's runtime, which spconv shares)."""
-        threads = torch.get_num_threads()
-        if threads == 1:
-            _ORIGINAL_OPS.scatter_add_cpu(out, inp, inds)
-            return
-        torch.set_num_threads(1)
-        try:
-            _ORIGINAL_OPS.scatter_add_cpu(out, inp, inds)
-        finally:
-            torch.set_num_threads(threads)
+    scatter_add_cpu = staticmethod(cpu_conv.scatter_add_tv)  # exact: one thread per call
 
 
 _OPS_PROXY = _SpconvOpsProxy()
@@ -113,56 +102,37 @@ _ORIGINAL_CONV_BACKWARD = getattr(
 )
 
 
-def _get_indice_pairs(
-    indices,
-    batch_size,
-    spatial_shape,
-    algo,
-    ksize,
-    stride,
-    padding,
-    dilation,
-    out_padding,
-    subm=False,
-    transpose=False,
-    num_out_act_bound=-1,
-):
+_PAIRS_SIGNATURE = inspect.signature(_ORIGINAL_GET_PAIRS)
+
+
+def _get_indice_pairs(*args, **kwargs):
     """spconv's ``get_indice_pairs``, with pointseg's lookup-table builder on the CPU for the
     cases it covers (``rulebook``): submanifold convs with odd kernels and k == stride convs."""
+    call = _PAIRS_SIGNATURE.bind(*args, **kwargs)
+    call.apply_defaults()
+    a = call.arguments
+    indices, batch, shape, ksize = a["indices"], a["batch_size"], a["spatial_shape"], a["ksize"]
     plain = (
         not _SHIPPED
         and not indices.is_cuda
-        and algo == ConvAlgo.Native
-        and not transpose
-        and num_out_act_bound < 0
-        and all(d == 1 for d in dilation)
+        and a["algo"] == ConvAlgo.Native
+        and not a["transpose"]
+        and a["num_out_act_bound"] < 0
+        and all(d == 1 for d in a["dilation"])
     )
     odd = all(k % 2 == 1 for k in ksize)
-    if plain and subm and odd and rulebook.subm_fits(indices, batch_size, ksize):
-        pairs, counts = rulebook.subm_pairs(indices, batch_size, list(spatial_shape), ksize)
+    if plain and a["subm"] and odd and rulebook.subm_fits(indices, batch, ksize):
+        pairs, counts = rulebook.subm_pairs(indices, batch, list(shape), ksize)
         return indices, pairs, counts
     if (
         plain
-        and not subm
-        and list(ksize) == list(stride)
-        and all(p == 0 for p in padding)
-        and all(s % k == 0 for s, k in zip(spatial_shape, ksize, strict=True))
+        and not a["subm"]
+        and list(ksize) == list(a["stride"])
+        and all(p == 0 for p in a["padding"])
+        and all(s % k == 0 for s, k in zip(shape, ksize, strict=True))
     ):
-        return rulebook.strided_pairs(indices, batch_size, list(spatial_shape), list(ksize))
-    return _ORIGINAL_GET_PAIRS(
-        indices,
-        batch_size,
-        spatial_shape,
-        algo,
-        ksize,
-        stride,
-        padding,
-        dilation,
-        out_padding,
-        subm,
-        transpose,
-        num_out_act_bound,
-    )
+        return rulebook.strided_pairs(indices, batch, list(shape), list(ksize))
+    return _ORIGINAL_GET_PAIRS(*args, **kwargs)
 
 
 def _ours(features: Tensor, filters: Tensor, algo) -> bool:

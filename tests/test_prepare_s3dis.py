@@ -99,12 +99,24 @@ def test_cli_and_workers_give_the_same_scenes(raw, tmp_path: Path) -> None:
     src, expected = raw
     one, two = tmp_path / "one", tmp_path / "two"
     pointseg.prepare.main(["s3dis", f"src={src}", f"dst={one}"])
-    prepare(src, two, workers=2)
+    pointseg.prepare.main(["s3dis", f"src={src}", f"dst={two}", "workers=2"])  # 2 processes
     for room, exp in expected.items():
         assert_room(one, room, exp)
         a, b = read_scene(one / room), read_scene(two / room)
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [("workers=two", "whole number"), ("workers=0", "1 or more"), ("overwrite=yes", "true")],
+)
+def test_cli_flag_options_refuse_bad_values(raw, tmp_path: Path, capsys, option, message) -> None:
+    src, _ = raw
+    with pytest.raises(SystemExit) as stop:
+        pointseg.prepare.main(["s3dis", f"src={src}", f"dst={tmp_path / 'out'}", option])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_damaged_files_raise_naming_the_file(raw, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""``pointseg-prepare <dataset> src=<raw> dst=<out> [key=value ...] [--workers N]``."""
+"""``pointseg-prepare <dataset> src=<raw> dst=<out> [key=value ...] [--workers N]``
+(``workers=N`` and ``overwrite=true`` work too)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,19 @@ def main(argv: list[str] | None = None) -> None:
         if "=" not in item:
             ap.error(f"option {item!r} must look like key=value (e.g. src=/data/raw)")
         key, value = item.split("=", 1)
-        opts[key] = parse_value(value)
+        parsed = parse_value(value)
+        if key == "workers":  # the two flags are also accepted as key=value, like the rest
+            if not isinstance(parsed, int) or isinstance(parsed, bool):
+                ap.error(f"workers={value!r}: give a whole number of processes, e.g. workers=4")
+            args.workers = parsed
+        elif key == "overwrite":
+            if not isinstance(parsed, bool):
+                ap.error(f"overwrite={value!r}: write overwrite=true or overwrite=false")
+            args.overwrite = parsed
+        else:
+            opts[key] = parsed
+    if args.workers < 1:
+        ap.error(f"workers={args.workers}: use 1 or more processes")
     for required in ("src", "dst"):
         if required not in opts:
             ap.error(f"missing {required}=PATH")

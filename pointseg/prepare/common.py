@@ -8,6 +8,7 @@ writes through ``write_scene``, so a scene folder that exists is complete.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -63,7 +64,10 @@ def run_jobs(
                 convert(job)
                 bar.update()
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            # forkserver, not fork: a forked worker inherits the parent's thread pools (torch's
+            # OpenMP, lazrs' rayon) without their threads and can hang in them
+            context = multiprocessing.get_context("forkserver")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
                 futures = {pool.submit(convert, job): job for job in todo}
                 for fut in as_completed(futures):
                     fut.result()  # re-raises the worker's error, which names the file

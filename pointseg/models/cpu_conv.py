@@ -71,11 +71,24 @@ def scatter_add_rows(out: Tensor, rows: Tensor, index: Tensor) -> None:
 BLOCK_BYTES = 1 << 22
 
 
+def _block_rows(c_in: int, c_out: int) -> int:
+    """Pairs per block: ``BLOCK_BYTES`` of float32 input and output rows (at least 1024)."""
+    return max(1024, BLOCK_BYTES // (4 * (c_in + c_out)))
+
+
 def _blocks(n: int, c_in: int, c_out: int) -> Iterator[tuple[int, int]]:
-    """(start, stop) row ranges covering ``n`` pairs, each at most ``BLOCK_BYTES`` of rows."""
-    step = max(1024, BLOCK_BYTES // (4 * (c_in + c_out)))
+    """(start, stop) row ranges covering ``n`` pairs, each at most ``_block_rows`` long."""
+    step = _block_rows(c_in, c_out)
     for start in range(0, n, step):
         yield start, min(n, start + step)
+
+
+def _row_buffers(
+    like: Tensor, offsets: list[tuple[int, int]], c_in: int, c_out: int
+) -> tuple[Tensor, Tensor]:
+    """Gather buffers (rows, C_in) and (rows, C_out), as long as the longest block."""
+    rows = min(max(n for _, n in offsets), _block_rows(c_in, c_out))
+    return like.new_empty((rows, c_in)), like.new_empty((rows, c_out))
 
 
 def conv_forward(
@@ -100,9 +113,7 @@ def conv_forward(
     offsets = list(_offsets(counts, subm))
     if not offsets:
         return out
-    most = min(max(n for _, n in offsets), next(_blocks(1 << 62, c_in, c_out))[1])
-    rows_in = features.new_empty((most, c_in))
-    rows_out = features.new_empty((most, c_out))
+    rows_in, rows_out = _row_buffers(features, offsets, c_in, c_out)
     src, dst = pairs[int(inverse)], pairs[int(not inverse)]
     for k, n in offsets:
         w = weight[:, k].t()
@@ -140,9 +151,7 @@ def conv_backward(
         grad_in = torch.zeros_like(features)
     offsets = list(_offsets(counts, subm))
     if offsets:
-        most = min(max(n for _, n in offsets), next(_blocks(1 << 62, c_in, c_out))[1])
-        rows_in = features.new_empty((most, c_in))
-        rows_out = features.new_empty((most, c_out))
+        rows_in, rows_out = _row_buffers(features, offsets, c_in, c_out)
         src, dst = pairs[int(inverse)], pairs[int(not inverse)]
         for k, n in offsets:
             gw, w = grad_w[k], weight[:, k]

@@ -131,13 +131,13 @@ _THREADED_POINTS = 1 << 20  # below this, a thread pool costs more than it saves
 
 
 def _bincounts(
-    inverse: np.ndarray, m: int, f2: np.ndarray | None
+    inverse: np.ndarray, m: int, f2: np.ndarray | None, counts: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Points per voxel (M,) int64 and, for features ``f2`` (N, C), their per-voxel means
-    accumulated in float64, (M, C) float32.
+    """Points per voxel (M,) int64 (``counts`` if already known) and, for features ``f2``
+    (N, C), their per-voxel means accumulated in float64, (M, C) float32.
 
-    ``np.bincount`` releases the GIL, so on large clouds the C + 1 passes run on torch's
-    thread count (data-loader workers with one thread run them in turn).
+    ``np.bincount`` releases the GIL, so on large clouds the passes run on torch's thread
+    count (data-loader workers with one thread run them in turn).
     """
     columns = [] if f2 is None else [np.ascontiguousarray(f2[:, j]) for j in range(f2.shape[1])]
 
@@ -145,13 +145,16 @@ def _bincounts(
         weights = None if j < 0 else columns[j]
         return np.bincount(inverse, weights=weights, minlength=m)
 
-    jobs = range(-1, len(columns))
+    jobs = range(-1 if counts is None else 0, len(columns))  # -1: the unweighted count
     threads = min(torch.get_num_threads(), len(jobs))
     if threads > 1 and inverse.size >= _THREADED_POINTS:
         with ThreadPoolExecutor(threads) as pool:
-            counts, *sums = pool.map(one, jobs)
+            results = list(pool.map(one, jobs))
     else:
-        counts, *sums = map(one, jobs)
+        results = list(map(one, jobs))
+    if counts is None:
+        counts = results.pop(0)
+    sums = results
     if f2 is None:
         return counts, None
     out = np.empty((m, len(sums)), dtype=np.float32)
@@ -211,7 +214,8 @@ def voxelize(
         f2 = f.reshape(f.shape[0], -1)
     means = None
     if counts is None or (f2 is not None and mode == "mean"):
-        count_np, means = _bincounts(inverse.numpy(), m, f2 if mode == "mean" else None)
+        known = None if counts is None else counts.numpy()
+        count_np, means = _bincounts(inverse.numpy(), m, f2 if mode == "mean" else None, known)
         counts = torch.from_numpy(count_np)
     if mode == "train":
         point = torch.arange(n, dtype=torch.int64)

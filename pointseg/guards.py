@@ -129,23 +129,28 @@ def _leaf_keys(node: Any, prefix: str = "") -> Iterator[str]:
             yield from _leaf_keys(child, f"{full}.")
 
 
-def _composed(config_name: str, overrides: Sequence[str], conf_dir: str):
-    """The config with the override's config groups chosen (else the plain defaults)."""
+def _composed_keys(
+    config_name: str, overrides: Sequence[str], conf_dir: str
+) -> tuple[Any, list[str]] | None:
+    """The config with the overrides' config groups chosen (else the plain defaults) and its
+    dotted leaf keys; None if neither composes."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     sets = [o for o in overrides if "=" in o and not o.startswith(("+", "~", "-"))]
     groups = [o for o in sets if "." not in o.split("=", 1)[0]]
+    cfg = None
     for trial in (groups, []):
         GlobalHydra.instance().clear()
         try:
             with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
-                return compose(config_name=config_name, overrides=list(trial))
+                cfg = compose(config_name=config_name, overrides=list(trial))
+            break
         except Exception:
             continue
         finally:
             GlobalHydra.instance().clear()
-    return None
+    return None if cfg is None else (cfg, list(_leaf_keys(cfg)))
 
 
 def _closest_key(cfg: Any, key: str, keys: list[str], cutoff: float = 0.6) -> str | None:
@@ -164,10 +169,10 @@ def _closest_key(cfg: Any, key: str, keys: list[str], cutoff: float = 0.6) -> st
 def key_hints(config_name: str, overrides: Sequence[str], conf_dir: str) -> list[str]:
     """Hint lines ("did you mean ...") for the ``key=value`` overrides naming no config key."""
     sets = [o for o in overrides if "=" in o and not o.startswith(("+", "~", "-"))]
-    cfg = _composed(config_name, overrides, conf_dir)
-    if cfg is None:
+    composed = _composed_keys(config_name, overrides, conf_dir)
+    if composed is None:
         return []
-    keys = list(_leaf_keys(cfg))
+    cfg, keys = composed
     hints = []
     for item in sets:
         key = item.split("=", 1)[0].strip()
@@ -193,10 +198,10 @@ def added_key_warnings(config_name: str, overrides: Sequence[str], conf_dir: str
     adds = [o[1:] for o in overrides if o.startswith("+") and not o.startswith("++") and "=" in o]
     if not adds:
         return []
-    cfg = _composed(config_name, overrides, conf_dir)
-    if cfg is None:
+    composed = _composed_keys(config_name, overrides, conf_dir)
+    if composed is None:
         return []
-    keys = list(_leaf_keys(cfg))
+    cfg, keys = composed
     out = []
     for item in adds:
         key = item.split("=", 1)[0].strip()

@@ -456,7 +456,8 @@ def bench_scaling(
 
 # ---------------------------------------------------------------- e. GPU: fp32 against AMP
 
-# mode -> (autocast dtype or None, spconv TF32 kernels for fp32 GEMMs)
+# mode -> (autocast dtype or None, spconv TF32 kernels for fp32 GEMMs). spconv 2.3.8 has no bf16
+# conv kernels: under bf16 autocast its convs run in fp16 and only BN, Linear and the loss in bf16.
 GPU_MODES = {
     "fp32": (None, False),
     "tf32": (None, True),
@@ -465,52 +466,72 @@ GPU_MODES = {
 }
 
 
+class _GPUStep:
+    """One training step of ``net`` the way Lightning runs it on CUDA: autocast forward, fp32
+    loss, GradScaler with fp16, SGD step. ``__call__`` returns the synchronised wall time and the
+    GPU times of forward (rulebooks included), backward and optimizer step from CUDA events."""
+
+    def __init__(self, net: nn.Module, mode: str) -> None:
+        self.net, self.dtype = net.train(), GPU_MODES[mode][0]
+        self.opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype is torch.float16)
+        self.events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+        self.mode = mode
+
+    def __call__(self, feat: torch.Tensor, idx: torch.Tensor, labels: torch.Tensor) -> list[float]:
+        ev, dtype = self.events, self.dtype
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        ev[0].record()
+        with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = self.net(feat, idx, 1)
+        loss = nn.functional.cross_entropy(logits.float(), labels)
+        ev[1].record()
+        self.scaler.scale(loss).backward()
+        ev[2].record()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+        ev[3].record()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{self.mode}: the loss is {loss.item()}")
+        return [wall, *(ev[k].elapsed_time(ev[k + 1]) / 1e3 for k in range(3))]
+
+
+def _labels(scenes: list[tuple[torch.Tensor, torch.Tensor]], classes: int) -> list[torch.Tensor]:
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    return [torch.randint(0, classes, (len(i),), device="cuda", generator=gen) for _, i in scenes]
+
+
+@contextlib.contextmanager
+def _spconv_tf32(on: bool):
+    import spconv.constants as spconv_constants
+
+    previous, spconv_constants.SPCONV_ALLOW_TF32 = spconv_constants.SPCONV_ALLOW_TF32, on
+    try:
+        yield
+    finally:
+        spconv_constants.SPCONV_ALLOW_TF32 = previous
+
+
 def _gpu_train_steps(
     net: nn.Module, scenes: list[tuple[torch.Tensor, torch.Tensor]], mode: str, steps: int
 ) -> dict[str, Any]:
-    """``steps`` timed training steps of ``net`` (after one warm-up pass over ``scenes`` and two
-    more steps), cycling through ``scenes``, the way Lightning runs them: autocast forward, fp32
-    loss, GradScaler with fp16, SGD step. Wall time per step (synchronised) and the GPU time of
-    forward (rulebooks included), backward and optimizer step from CUDA events."""
-    import spconv.constants as spconv_constants
-
-    dtype, tf32 = GPU_MODES[mode]
-    classes = net.head.out_features
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    labels = [torch.randint(0, classes, (len(i),), device="cuda", generator=gen) for _, i in scenes]
-    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype is torch.float16)
-    events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
-    rows: list[tuple[float, float, float, float]] = []
-    net.train()
-    previous_tf32, spconv_constants.SPCONV_ALLOW_TF32 = spconv_constants.SPCONV_ALLOW_TF32, tf32
+    """``steps`` timed training steps cycling through ``scenes``, after one warm-up pass over
+    them and two more steps; medians of wall time and phases, and the peak GPU memory."""
+    step = _GPUStep(net, mode)
+    labels = _labels(scenes, net.head.out_features)
+    rows = []
     torch.cuda.reset_peak_memory_stats()
-    try:
-        warmup = len(scenes) + 2
+    warmup = len(scenes) + 2
+    with _spconv_tf32(GPU_MODES[mode][1]):
         for n in range(warmup + steps):
-            feat, idx = scenes[n % len(scenes)]
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            events[0].record()
-            with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
-                logits = net(feat, idx, 1)
-            loss = nn.functional.cross_entropy(logits.float(), labels[n % len(scenes)])
-            events[1].record()
-            scaler.scale(loss).backward()
-            events[2].record()
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
-            events[3].record()
-            torch.cuda.synchronize()
-            wall = time.perf_counter() - t0
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{mode}: loss is {loss.item()} at step {n}")
+            k = n % len(scenes)
+            times = step(*scenes[k], labels[k])
             if n >= warmup:
-                phases = [events[k].elapsed_time(events[k + 1]) / 1e3 for k in range(3)]
-                rows.append((wall, *phases))
-    finally:
-        spconv_constants.SPCONV_ALLOW_TF32 = previous_tf32
+                rows.append(times)
     med = np.median(np.array(rows), axis=0)
     voxels = np.mean([len(i) for _, i in scenes])
     return {
@@ -522,6 +543,41 @@ def _gpu_train_steps(
         "voxels_per_s": round(voxels / float(med[0])),
         "peak_gpu_mem_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2),
         "steps": steps,
+    }
+
+
+def _unseen_scene_steps(net: nn.Module, scenes, mode: str) -> dict[str, Any]:
+    """One step on each of ``scenes``, rooms the network has not seen: every voxel count is new,
+    as in a real epoch (spconv tunes its kernels per problem shape)."""
+    step = _GPUStep(net, mode)
+    labels = _labels(scenes, net.head.out_features)
+    walls = [step(*scene, lab)[0] for scene, lab in zip(scenes, labels, strict=True)]
+    return {
+        "step_ms": round(1e3 * float(np.median(walls)), 2),
+        "all_ms": [round(1e3 * w, 1) for w in walls],
+    }
+
+
+def _gpu_profile(net: nn.Module, scenes, mode: str, out: Path) -> dict[str, Any]:
+    """torch.profiler over one step per scene: the GPU's busy time against the wall time (a big
+    gap means the step waits on the CPU: Python, launches, rulebook synchronisations). The
+    kernel table goes to ``gpu_profile.txt``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step = _GPUStep(net, mode)
+    labels = _labels(scenes, net.head.out_features)
+    step(*scenes[0], labels[0])
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        walls = [step(*scene, lab)[0] for scene, lab in zip(scenes, labels, strict=True)]
+    events = prof.key_averages()
+    busy = sum(e.self_device_time_total for e in events) / 1e3 / len(scenes)  # us -> ms
+    table = events.table(sort_by="self_device_time_total", row_limit=30)
+    atomic_write_text(out / "gpu_profile.txt", table + "\n")
+    return {
+        "mode": mode,
+        "wall_ms": round(1e3 * float(np.mean(walls)), 2),
+        "gpu_busy_ms": round(busy, 2),
+        "table": "gpu_profile.txt",
     }
 
 
@@ -547,7 +603,7 @@ def _amp_agreement(net: nn.Module, feat: torch.Tensor, idx: torch.Tensor) -> dic
     return out
 
 
-def bench_gpu(steps: int, modes: list[str] | None = None) -> dict[str, Any]:
+def bench_gpu(steps: int, out: Path, modes: list[str] | None = None) -> dict[str, Any]:
     """spunet34c training steps on CUDA at a ScanNet-sized room at 2 cm (one 7 x 7 m room, 3000
     points/m^2: about 210 k voxels), and at about 120 k voxels (the same room at 1600 points/m^2),
     the size of spconv's published A100 figures (13 ms forward + 12 ms backward, fp16, no BN)."""
@@ -602,6 +658,17 @@ def bench_gpu(steps: int, modes: list[str] | None = None) -> dict[str, Any]:
             if fp32 and ms:
                 row[mode]["speedup_vs_fp32"] = round(fp32 / ms, 2)
         res["scenes"][name] = row
+        if name == "scannet_2cm" and "fp16" in modes:
+            torch.manual_seed(0)
+            net = spunet34c(4, classes).cuda()
+            fresh = [room_batch(1, 0.02, seed=seed, channels=4, **plan)[:2] for seed in (4, 5, 6)]
+            fresh = [(f.cuda(), i.cuda()) for f, i in fresh]
+            log("gpu: fp16 on rooms not seen before, then profiled")
+            _GPUStep(net, "fp16")(*scenes[0], _labels(scenes[:1], classes)[0])  # CUDA warm-up
+            row["fp16_unseen_rooms"] = _unseen_scene_steps(net, fresh, "fp16")
+            row["fp16_profile"] = _gpu_profile(net, scenes, "fp16", out)
+            del net
+            torch.cuda.empty_cache()
     return res
 
 
@@ -786,6 +853,16 @@ def _gpu_markdown(g: dict[str, Any]) -> list[str]:
             for k, v in row["amp_agreement"].items()
         )
         lines += ["", f"AMP logits against fp32 (same weights): {agree}", ""]
+        if "fp16_unseen_rooms" in row:
+            u, prof = row["fp16_unseen_rooms"], row["fp16_profile"]
+            lines += [
+                f"fp16 on rooms not seen before (new voxel counts, as in an epoch): median step "
+                f"{u['step_ms']} ms ({', '.join(map(str, u['all_ms']))} ms).",
+                "",
+                f"Profiled fp16 step: {prof['wall_ms']} ms wall, GPU busy {prof['gpu_busy_ms']} ms "
+                f"(kernel table: {prof['table']}).",
+                "",
+            ]
     return lines
 
 
@@ -850,7 +927,7 @@ def main() -> None:
         counts = [1, 2, 4] if q else [1, 2, 4, 8, 16]
         res["scaling"] = bench_scaling(sizes, 4 if q else 8, counts)
     if "gpu" in only:
-        res["gpu"] = bench_gpu(10 if q else 30)
+        res["gpu"] = bench_gpu(10 if q else 30, out)
     res["total_s"] = round(time.perf_counter() - t0, 1)
     res["plots"] = _plots(res, out)
     md = markdown(res)

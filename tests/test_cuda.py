@@ -14,7 +14,7 @@ from torch import nn
 from pointseg.data.datasets.synthetic import SyntheticRooms
 from pointseg.data.voxelize import voxelize
 from pointseg.models import spconv_compat as compat
-from pointseg.models.sparse_unet import SparseUNet, spunet_small
+from pointseg.models.sparse_unet import spunet_small
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -29,23 +29,33 @@ def _scene(seed: int = 0, voxel_size: float = 0.05) -> tuple[torch.Tensor, torch
     return torch.from_numpy(np.ascontiguousarray(v.features)), torch.from_numpy(idx)
 
 
-def _cpu_copy(net: SparseUNet) -> SparseUNet:
-    """The same weights on the CPU, with the CPU's only algorithm (Native)."""
-    cpu = copy.deepcopy(net).cpu()
-    return compat.set_conv_algo(cpu, compat.ConvAlgo.Native)
-
-
-def test_cuda_layers_use_implicit_gemm() -> None:
+def test_cuda_convs_use_implicit_gemm_and_switch_to_native_on_cpu_tensors() -> None:
     assert compat.default_algo() is None  # spconv picks its implicit-GEMM kernels
-    net = spunet_small(4, 9).cuda()
-    algos = {m.algo for m in net.modules() if hasattr(m, "algo")}
-    assert algos and compat.ConvAlgo.Native not in algos
+    net = spunet_small(4, 9).cuda().eval()
+    convs = [m for m in net.modules() if hasattr(m, "algo")]
+    # the 5x5x5 stem too (large_kernel_fast_algo), not spconv's Native path
+    assert convs and {m.algo for m in convs} == {compat.ConvAlgo.MaskImplicitGemm}
+    feat, idx = _scene()
+    with torch.no_grad():
+        on_gpu = net(feat.cuda(), idx.cuda(), 1).cpu()
+        on_cpu = net.cpu()(feat, idx, 1)  # implicit GEMM is CUDA-only: Native here
+        assert {m.algo for m in convs} == {compat.ConvAlgo.Native}
+        again = net.cuda()(feat.cuda(), idx.cuda(), 1).cpu()
+    assert {m.algo for m in convs} == {compat.ConvAlgo.MaskImplicitGemm}
+    torch.testing.assert_close(on_cpu, on_gpu, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(again, on_gpu)
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(
+        (a.float().cpu() - b.float().cpu()).norm() / b.float().cpu().norm().clamp_min(1e-30)
+    )
 
 
 def test_cuda_forward_and_gradients_match_the_cpu_path() -> None:
     torch.manual_seed(0)
     net = spunet_small(4, 9).cuda().train()
-    cpu = _cpu_copy(net).train()
+    cpu = copy.deepcopy(net).cpu()
     feat, idx = _scene()
     labels = torch.randint(0, 9, (len(idx),), generator=torch.Generator().manual_seed(1))
 
@@ -58,7 +68,8 @@ def test_cuda_forward_and_gradients_match_the_cpu_path() -> None:
     torch.testing.assert_close(out_gpu.cpu(), out_cpu, rtol=1e-3, atol=1e-4)
     for (name, p_gpu), p_cpu in zip(net.named_parameters(), cpu.parameters(), strict=True):
         assert p_gpu.grad is not None, name
-        torch.testing.assert_close(p_gpu.grad.cpu(), p_cpu.grad, rtol=2e-3, atol=1e-5, msg=name)
+        # weight gradients sum ~10^4 rows in another order: compare them as vectors
+        assert _relative(p_gpu.grad, p_cpu.grad) < 1e-3, (name, _relative(p_gpu.grad, p_cpu.grad))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])

@@ -153,3 +153,17 @@ def test_set_conv_algo() -> None:
     compat.set_conv_algo(model, compat.ConvAlgo.Native)
     convs = [m for m in model.modules() if isinstance(m, SparseConvolution)]
     assert convs and all(conv.algo == compat.ConvAlgo.Native for conv in convs)
+
+
+def test_convs_built_for_implicit_gemm_run_native_on_cpu_tensors() -> None:
+    # what a model built on a GPU machine holds; spconv's implicit GEMM is CUDA-only
+    torch.manual_seed(0)
+    native = spunet_small(3, 5).eval()
+    gpu_built = compat.set_conv_algo(spunet_small(3, 5).eval(), compat.ConvAlgo.MaskImplicitGemm)
+    gpu_built.load_state_dict(native.state_dict())
+    feat, ind = random_scene(3, size=16)
+    with torch.no_grad():
+        torch.testing.assert_close(gpu_built(feat, ind, 2), native(feat, ind, 2), rtol=0, atol=0)
+    convs = [m for m in gpu_built.modules() if isinstance(m, SparseConvolution)]
+    assert {m.algo for m in convs} == {compat.ConvAlgo.Native}
+    assert {m._pointseg_cuda_algo for m in convs} == {compat.ConvAlgo.MaskImplicitGemm}

@@ -23,7 +23,10 @@ BN_MOMENTUM = 0.02
 
 
 def subm_conv3d(in_ch: int, out_ch: int, kernel: int, *, indice_key: str) -> nn.Module:
-    """Submanifold conv: output sites == input sites, same row order; bias-free (see above)."""
+    """Submanifold conv: output sites == input sites, same row order; bias-free (see above).
+
+    On CUDA, spconv picks implicit GEMM up to 32 kernel offsets and its slower Native path above;
+    ``large_kernel_fast_algo`` keeps a 5x5x5 stem (125 offsets) on implicit GEMM too."""
     return spconv.SubMConv3d(
         in_ch,
         out_ch,
@@ -32,6 +35,7 @@ def subm_conv3d(in_ch: int, out_ch: int, kernel: int, *, indice_key: str) -> nn.
         bias=False,
         indice_key=indice_key,
         algo=compat.default_algo(),
+        large_kernel_fast_algo=kernel**3 <= 128,
     )
 
 

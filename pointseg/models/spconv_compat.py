@@ -16,6 +16,14 @@ first. Traps handled here (all measured with spconv 2.3.8, torch 2.13 CPU):
   the data). ``spconv_as_shipped()`` switches all of it back, for benchmarks.
 - Indices that are not C-contiguous are read as if they were (``nonzero().int()`` is column-major):
   silently wrong rulebooks. ``sparse_tensor`` makes them contiguous.
+- A conv's algorithm is fixed when it is built, and spconv's implicit GEMM (its CUDA default) is
+  CUDA-only: a model built on a GPU machine failed on CPU tensors ("implicit gemm only support
+  cuda"). Each conv now runs Native on CPU tensors and its built algorithm on CUDA tensors.
+- Under CUDA autocast, spconv's autograd functions cast a conv's inputs to fp16, but an eval-mode
+  conv (Lightning's validation, prediction) calls the implicit-GEMM op directly with fp16
+  features and fp32 weights, and its kernel tuner asserts "can't find suitable algorithm". Such
+  calls get the same fp16 cast. spconv 2.3.8 has no bf16 conv kernels: under bf16 autocast its
+  convs still run in fp16.
 - float64 features are refused (the network is float32), as are duplicate voxels (the rulebook
   hash keeps one of them) and a ``spatial_shape`` that vanishes at the coarsest level.
 """
@@ -221,10 +229,57 @@ def _indice_conv_backward(
     )
 
 
+_ORIGINAL_IMPLICIT_GEMM = getattr(
+    spconv_ops.implicit_gemm, "_pointseg_original", spconv_ops.implicit_gemm
+)
+_IMPLICIT_GEMM_SIGNATURE = inspect.signature(_ORIGINAL_IMPLICIT_GEMM)
+
+
+def _implicit_gemm(*args, **kwargs):
+    """spconv's ``implicit_gemm``; called directly (eval mode) under CUDA autocast, its floating
+    inputs are cast to fp16 first, as spconv's autograd functions cast them in training."""
+    call = _IMPLICIT_GEMM_SIGNATURE.bind(*args, **kwargs)
+    a = call.arguments
+    features, filters = a["features"], a["filters"]
+    if (
+        features.is_cuda
+        and torch.is_autocast_enabled("cuda")
+        and features.is_floating_point()
+        and (features.dtype != torch.float16 or filters.dtype != torch.float16)
+    ):
+        a["features"], a["filters"] = features.half(), filters.half()
+        if a.get("bias") is not None:
+            a["bias"] = a["bias"].half()
+        if a.get("output_dtype") is not None:
+            a["output_dtype"] = torch.float16
+    return _ORIGINAL_IMPLICIT_GEMM(*call.args, **call.kwargs)
+
+
+_ORIGINAL_MODULE_FORWARD = getattr(
+    SparseConvolution.forward, "_pointseg_original", SparseConvolution.forward
+)
+
+
+def _conv_module_forward(self, input, *args, **kwargs):
+    """``SparseConvolution.forward`` with the algorithm its input's device allows: Native on CPU
+    tensors (spconv's implicit GEMM is CUDA-only), the algorithm chosen at build time on CUDA
+    tensors. Every conv of a forward sees the same device, so layers sharing an ``indice_key``
+    keep agreeing on the algorithm."""
+    if not input.features.is_cuda:
+        if self.algo != ConvAlgo.Native:
+            self._pointseg_cuda_algo = self.algo
+            self.algo = ConvAlgo.Native
+    elif self.algo == ConvAlgo.Native and getattr(self, "_pointseg_cuda_algo", None) is not None:
+        self.algo = self._pointseg_cuda_algo
+    return _ORIGINAL_MODULE_FORWARD(self, input, *args, **kwargs)
+
+
 for _fn, _orig in (
     (_get_indice_pairs, _ORIGINAL_GET_PAIRS),
     (_indice_conv, _ORIGINAL_CONV),
     (_indice_conv_backward, _ORIGINAL_CONV_BACKWARD),
+    (_implicit_gemm, _ORIGINAL_IMPLICIT_GEMM),
+    (_conv_module_forward, _ORIGINAL_MODULE_FORWARD),
 ):
     _fn._pointseg_original = _orig  # type: ignore[attr-defined]
 
@@ -240,6 +295,8 @@ def patch_spconv() -> None:
     patches["get_indice_pairs"] = (_ORIGINAL_GET_PAIRS, _get_indice_pairs)
     patches["indice_conv"] = (_ORIGINAL_CONV, _indice_conv)
     patches["indice_conv_backward"] = (_ORIGINAL_CONV_BACKWARD, _indice_conv_backward)
+    patches["implicit_gemm"] = (_ORIGINAL_IMPLICIT_GEMM, _implicit_gemm)
+    SparseConvolution.forward = _conv_module_forward
     for name, module in list(sys.modules.items()):
         if not name.startswith("spconv") or module is None:
             continue
@@ -254,9 +311,9 @@ patch_spconv()
 def default_algo() -> ConvAlgo | None:
     """Native (the only CPU algorithm) without CUDA, else None so spconv picks implicit GEMM.
 
-    Decided when a layer is built: a model built on a CUDA machine must run on CUDA tensors, or be
-    switched with ``set_conv_algo(model, ConvAlgo.Native)``. Layers sharing an ``indice_key`` must
-    use the same algorithm (spconv asserts it), which building them all with this guarantees.
+    Decided when a layer is built; a conv built for implicit GEMM still runs Native on CPU
+    tensors (see ``_conv_module_forward``). Layers sharing an ``indice_key`` must use the same
+    algorithm (spconv asserts it), which building them all with this guarantees.
     """
     return ConvAlgo.Native if not torch.cuda.is_available() else None
 

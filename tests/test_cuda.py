@@ -32,9 +32,10 @@ def _scene(seed: int = 0, voxel_size: float = 0.05) -> tuple[torch.Tensor, torch
 def test_cuda_convs_use_implicit_gemm_and_switch_to_native_on_cpu_tensors() -> None:
     assert compat.default_algo() is None  # spconv picks its implicit-GEMM kernels
     net = spunet_small(4, 9).cuda().eval()
-    convs = [m for m in net.modules() if hasattr(m, "algo")]
-    # the 5x5x5 stem too (large_kernel_fast_algo), not spconv's Native path
+    # every conv but the 5x5x5 stem (125 offsets: spconv's Native path)
+    convs = [m for m in net.modules() if hasattr(m, "algo") and m is not net.stem.conv]
     assert convs and {m.algo for m in convs} == {compat.ConvAlgo.MaskImplicitGemm}
+    assert net.stem.conv.algo == compat.ConvAlgo.Native
     feat, idx = _scene()
     with torch.no_grad():
         on_gpu = net(feat.cuda(), idx.cuda(), 1).cpu()

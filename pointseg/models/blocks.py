@@ -25,8 +25,9 @@ BN_MOMENTUM = 0.02
 def subm_conv3d(in_ch: int, out_ch: int, kernel: int, *, indice_key: str) -> nn.Module:
     """Submanifold conv: output sites == input sites, same row order; bias-free (see above).
 
-    On CUDA, spconv picks implicit GEMM up to 32 kernel offsets and its slower Native path above;
-    ``large_kernel_fast_algo`` keeps a 5x5x5 stem (125 offsets) on implicit GEMM too."""
+    On CUDA, spconv picks implicit GEMM up to 32 kernel offsets and Native above (the 5x5x5
+    stem). Its ``large_kernel_fast_algo`` would compile implicit-GEMM kernels for 125 offsets at
+    run time with NVRTC, which needs the CUDA toolkit's headers: not kept."""
     return spconv.SubMConv3d(
         in_ch,
         out_ch,
@@ -35,7 +36,6 @@ def subm_conv3d(in_ch: int, out_ch: int, kernel: int, *, indice_key: str) -> nn.
         bias=False,
         indice_key=indice_key,
         algo=compat.default_algo(),
-        large_kernel_fast_algo=kernel**3 <= 128,
     )
 
 

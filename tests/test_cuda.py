@@ -13,6 +13,7 @@ from torch import nn
 
 from pointseg.data.datasets.synthetic import SyntheticRooms
 from pointseg.data.voxelize import voxelize
+from pointseg.models import gather_conv
 from pointseg.models import spconv_compat as compat
 from pointseg.models.sparse_unet import spunet_small
 from tests.conftest import TINY
@@ -125,3 +126,21 @@ def test_lightning_trains_on_gpu_with_amp_and_predicts_on_cpu(compose_cfg, tmp_p
     sample = {"coord": s["coord"], "color": s["color"]}
     a, b = on_cpu.predict(sample), on_gpu.predict(sample)
     assert (a.labels == b.labels).mean() > 0.999
+
+
+def test_cuda_stem_runs_as_one_gather_and_gemm(monkeypatch) -> None:
+    calls: list[str] = []
+    forward, backward = gather_conv.forward, gather_conv.backward
+    monkeypatch.setattr(
+        gather_conv, "forward", lambda *a, **k: calls.append("f") or forward(*a, **k)
+    )
+    monkeypatch.setattr(
+        gather_conv, "backward", lambda *a, **k: calls.append("b") or backward(*a, **k)
+    )
+    net = spunet_small(4, 9).cuda()
+    feat, idx = (t.cuda() for t in _scene())
+    with torch.autocast("cuda", dtype=torch.float16):
+        out = net(feat, idx, 1)
+    out.float().sum().backward()
+    assert calls == ["f", "b"]  # the 5x5x5 stem, and no other conv
+    assert net.stem.conv.weight.grad is not None and torch.isfinite(net.stem.conv.weight.grad).all()

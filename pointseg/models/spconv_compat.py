@@ -45,7 +45,7 @@ from spconv.pytorch import ops as spconv_ops
 from spconv.pytorch.conv import SparseConvolution
 from torch import Tensor, nn
 
-from pointseg.models import cpu_conv, rulebook
+from pointseg.models import cpu_conv, gather_conv, rulebook
 
 _ACT_NONE = tv.gemm.Activation.None_
 
@@ -153,6 +153,15 @@ def _ours(features: Tensor, filters: Tensor, algo) -> bool:
     )
 
 
+def _gathered(features: Tensor, filters: Tensor, subm: bool, inverse: bool) -> bool:
+    return (
+        not _SHIPPED
+        and features.dtype == filters.dtype
+        and features.dtype in (torch.float16, torch.bfloat16, torch.float32)
+        and gather_conv.usable(features, filters, subm, inverse)
+    )
+
+
 def _indice_conv(
     features,
     filters,
@@ -169,8 +178,11 @@ def _indice_conv(
     act_type=None,
     **kwargs,
 ):
-    """spconv's ``indice_conv``; plain float32 CPU convs run ``cpu_conv.conv_forward``."""
+    """spconv's ``indice_conv``; plain float32 CPU convs run ``cpu_conv.conv_forward``, and CUDA
+    submanifold convs with few input columns (the 5x5x5 stem) ``gather_conv.forward``."""
     fused = bias is not None or (act_type is not None and act_type != _ACT_NONE)
+    if _gathered(features, filters, subm, inverse) and not fused and not kwargs:
+        return gather_conv.forward(features, filters, indice_pairs, indice_pair_num)
     if _ours(features, filters, algo) and not fused and not kwargs:
         return cpu_conv.conv_forward(
             features,
@@ -211,7 +223,17 @@ def _indice_conv_backward(
     timer=None,
 ):
     """spconv's ``indice_conv_backward``; plain float32 CPU convs run
-    ``cpu_conv.conv_backward``, which skips the input gradient of an input that needs none."""
+    ``cpu_conv.conv_backward``, which skips the input gradient of an input that needs none; CUDA
+    convs that ``gather_conv`` ran forward run its ``backward``."""
+    if _gathered(features, filters, subm, inverse) and out_bp.dtype == features.dtype:
+        return gather_conv.backward(
+            features,
+            filters,
+            out_bp,
+            indice_pairs,
+            indice_pair_num,
+            input_grad=features.requires_grad,
+        )
     if _ours(features, filters, algo) and out_bp.dtype == torch.float32:
         return cpu_conv.conv_backward(
             features,

@@ -107,7 +107,7 @@ def test_strided_pairs_equal_spconv_up_to_output_order() -> None:
 @pytest.mark.parametrize("subm", [True, False])
 def test_conv_loop_equals_spconv_bit_for_bit(subm: bool, block_bytes: int, monkeypatch) -> None:
     """Outputs and input gradients bit for bit, in one block or many (4096 bytes: 1024-row
-    blocks); weight gradients, summed block by block, to rounding."""
+    blocks); weight gradients to rounding."""
     monkeypatch.setattr(cpu_conv, "BLOCK_BYTES", block_bytes)
     before = torch.get_num_threads()
     ind = scene(2, size=32)
@@ -142,11 +142,10 @@ def test_conv_loop_equals_spconv_bit_for_bit(subm: bool, block_bytes: int, monke
     assert int(counts.max()) > 1024  # more than one block per offset with 4096-byte blocks
     for got, want in ((y, want_y), (dx, want_dx), (inv, want_inv)):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
-    exact = block_bytes == cpu_conv.BLOCK_BYTES
+    # weight gradients are long reductions: their rounding depends on the blocks and on BLAS's
+    # threads (spconv's ran on one), so they agree to a few ulps of the largest entry
     for got in (dw, dw2):
-        torch.testing.assert_close(
-            got, want_dw, rtol=0 if exact else 1e-5, atol=0 if exact else 1e-4
-        )
+        torch.testing.assert_close(got, want_dw, rtol=1e-5, atol=1e-6 * float(want_dw.abs().max()))
     assert none is None
 
 

@@ -579,6 +579,59 @@ def _gpu_profile(net: nn.Module, scenes, mode: str, out: Path) -> dict[str, Any]
         "wall_ms": round(1e3 * float(np.mean(walls)), 2),
         "gpu_busy_ms": round(busy, 2),
         "table": "gpu_profile.txt",
+        **_host_costs(step, scenes, labels),
+    }
+
+
+def _host_costs(step: _GPUStep, scenes, labels) -> dict[str, Any]:
+    """Host time per step inside spconv's allocator callbacks (its C++ asks Python for every
+    buffer) and in Python's garbage collector, over one unprofiled step per scene."""
+    import gc
+
+    from spconv.pytorch import cppcore
+
+    spent = {"alloc_s": 0.0, "alloc_calls": 0, "gc_s": 0.0, "gc_runs": 0, "gc_t0": 0.0}
+    names = [
+        n
+        for n in ("empty", "zeros", "full_int", "full_float")
+        if hasattr(cppcore.TorchAllocator, n)
+    ]
+    originals = {n: getattr(cppcore.TorchAllocator, n) for n in names}
+
+    def timed(fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent["alloc_s"] += time.perf_counter() - t0
+                spent["alloc_calls"] += 1
+
+        return wrapper
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            spent["gc_t0"] = time.perf_counter()
+        else:
+            spent["gc_s"] += time.perf_counter() - spent["gc_t0"]
+            spent["gc_runs"] += 1
+
+    gc.callbacks.append(on_gc)
+    for n, fn in originals.items():
+        setattr(cppcore.TorchAllocator, n, timed(fn))
+    try:
+        walls = [step(*scene, lab)[0] for scene, lab in zip(scenes, labels, strict=True)]
+    finally:
+        for n, fn in originals.items():
+            setattr(cppcore.TorchAllocator, n, fn)
+        gc.callbacks.remove(on_gc)
+    k = len(scenes)
+    return {
+        "unprofiled_wall_ms": round(1e3 * float(np.mean(walls)), 2),
+        "allocator_calls_per_step": round(spent["alloc_calls"] / k),
+        "allocator_ms_per_step": round(1e3 * spent["alloc_s"] / k, 2),
+        "gc_runs_per_step": round(spent["gc_runs"] / k, 1),
+        "gc_ms_per_step": round(1e3 * spent["gc_s"] / k, 2),
     }
 
 
@@ -861,7 +914,10 @@ def _gpu_markdown(g: dict[str, Any]) -> list[str]:
                 f"{u['step_ms']} ms ({', '.join(map(str, u['all_ms']))} ms).",
                 "",
                 f"Profiled fp16 step: {prof['wall_ms']} ms wall, GPU busy {prof['gpu_busy_ms']} ms "
-                f"(kernel table: {prof['table']}).",
+                f"(kernel table: {prof['table']}). Unprofiled: {prof['unprofiled_wall_ms']} ms, "
+                f"of which spconv's allocator callbacks {prof['allocator_ms_per_step']} ms "
+                f"({prof['allocator_calls_per_step']} calls) and Python's garbage collector "
+                f"{prof['gc_ms_per_step']} ms ({prof['gc_runs_per_step']} runs).",
                 "",
             ]
     return lines

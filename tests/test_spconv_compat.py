@@ -30,6 +30,7 @@ def test_patch_is_applied_everywhere_and_idempotent() -> None:
         assert module.get_current_stream is compat._get_current_stream
     for module in (spconv.pytorch.ops, spconv.pytorch.utils):
         assert module.SpconvOps is compat._OPS_PROXY
+    assert spconv.pytorch.ops.get_arch is compat._get_arch  # asked of torch once per device
     # Other ops still reach spconv's own implementation through the proxy.
     assert spconv.pytorch.ops.SpconvOps.gather_cpu is compat._ORIGINAL_OPS.gather_cpu
     if not torch.cuda.is_available():

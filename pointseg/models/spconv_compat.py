@@ -55,14 +55,36 @@ _ORIGINAL_GET_STREAM = _ORIGINAL_GET_STREAM or cppcore.get_current_stream
 _ORIGINAL_OPS = getattr(_spconv_cc.SpconvOps, "_pointseg_original", _spconv_cc.SpconvOps)
 
 
+_ORIGINAL_GET_ARCH = getattr(cppcore.get_arch, "_pointseg_original", cppcore.get_arch)
+# spconv asks for the stream and the GPU's compute capability on every conv; through torch's
+# public device helpers each answer costs tens of microseconds, a few ms per training step.
+_CUDA = torch.cuda.is_available()
+_RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+_DEVICE = getattr(torch._C, "_cuda_getDevice", None)
+_ARCHS: dict[int, tuple[int, int]] = {}
+
+
 def _get_current_stream() -> int:
     """Like spconv's getter, but 0 (the "no stream" value its CPU kernels accept) without CUDA."""
-    if not torch.cuda.is_available():
+    if not _CUDA:
         return 0
+    if _RAW_STREAM is not None and _DEVICE is not None:
+        return _RAW_STREAM(_DEVICE())
     return torch.cuda.current_stream().cuda_stream
 
 
+def _get_arch() -> tuple[int, int]:
+    """spconv's ``get_arch`` (compute capability, with its warning for GPUs it has no kernels
+    for), asked of torch once per device."""
+    device = _DEVICE() if _DEVICE is not None else torch.cuda.current_device()
+    arch = _ARCHS.get(device)
+    if arch is None:
+        arch = _ARCHS[device] = tuple(_ORIGINAL_GET_ARCH())
+    return arch
+
+
 _get_current_stream._pointseg_original = _ORIGINAL_GET_STREAM  # type: ignore[attr-defined]
+_get_arch._pointseg_original = _ORIGINAL_GET_ARCH  # type: ignore[attr-defined]
 
 
 class _SpconvOpsProxy:
@@ -260,12 +282,13 @@ _IMPLICIT_GEMM_SIGNATURE = inspect.signature(_ORIGINAL_IMPLICIT_GEMM)
 def _implicit_gemm(*args, **kwargs):
     """spconv's ``implicit_gemm``; called directly (eval mode) under CUDA autocast, its floating
     inputs are cast to fp16 first, as spconv's autograd functions cast them in training."""
+    if not torch.is_autocast_enabled("cuda"):  # training: spconv's functions turned it off
+        return _ORIGINAL_IMPLICIT_GEMM(*args, **kwargs)
     call = _IMPLICIT_GEMM_SIGNATURE.bind(*args, **kwargs)
     a = call.arguments
     features, filters = a["features"], a["filters"]
     if (
         features.is_cuda
-        and torch.is_autocast_enabled("cuda")
         and features.is_floating_point()
         and (features.dtype != torch.float16 or filters.dtype != torch.float16)
     ):
@@ -313,6 +336,7 @@ def patch_spconv() -> None:
     alone would miss them; modules imported later bind the patched attribute. Idempotent.
     """
     patches = {"get_current_stream": (_ORIGINAL_GET_STREAM, _get_current_stream)}
+    patches["get_arch"] = (_ORIGINAL_GET_ARCH, _get_arch)
     patches["SpconvOps"] = (_ORIGINAL_OPS, _OPS_PROXY)
     patches["get_indice_pairs"] = (_ORIGINAL_GET_PAIRS, _get_indice_pairs)
     patches["indice_conv"] = (_ORIGINAL_CONV, _indice_conv)

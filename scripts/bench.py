@@ -14,10 +14,11 @@ Sections (``--only`` picks some):
   inference  pointseg-predict end to end (read -> voxelize -> network -> write) on a generated
              LAZ scan, in points/s, with the peak RSS of the process
   scaling    step time against voxel count (10 k to 1 M voxels), log-log fit and plot
-  gpu        (CUDA only; skipped without a GPU) spunet34c training step on a ScanNet-sized room
-             at 2 cm (~200 k voxels) in fp32, AMP fp16 and AMP bf16, split into forward,
-             backward and optimizer step, with peak GPU memory; also at ~120 k voxels, the
-             size of spconv's published figures
+  gpu        (CUDA only; skipped without a GPU) spunet34c training step on ScanNet-sized rooms
+             at 2 cm (~186 k voxels) in fp32, TF32, AMP fp16 and bf16 autocast, split into
+             forward, backward and optimizer step, with peak GPU memory, AMP against fp32
+             logits, steps on unseen rooms and a profiled step (benchmarks/gpu_profile.txt);
+             also at ~105 k voxels, near the size of spconv's published figures
 
 Writes a markdown table to stdout and ``benchmarks/results.md``, the figures to
 ``benchmarks/results.json`` and plots to ``benchmarks/*.png``; each file is written to a

@@ -53,3 +53,9 @@ def test_neighbour_map_lists_each_pair_once_and_the_centre_as_identity() -> None
 def test_usable_only_for_cuda_submanifold_convs_with_few_columns() -> None:
     feat, stem = torch.zeros(10, 4), torch.zeros(32, 5, 5, 5, 4)
     assert not gather_conv.usable(feat, stem, subm=True, inverse=False)  # CPU: cpu_conv's loop
+
+
+def test_byte_limit_shrinks_on_small_gpus(monkeypatch) -> None:
+    monkeypatch.setattr(gather_conv, "_DEVICE_BYTES", {0: 8 << 30, 1: 80 << 30})
+    assert gather_conv.byte_limit(torch.device("cuda", 0)) == 1 << 30  # an eighth of 8 GiB
+    assert gather_conv.byte_limit(torch.device("cuda", 1)) == gather_conv.MAX_BYTES

@@ -19,18 +19,29 @@ import torch
 from torch import Tensor
 
 MAX_COLUMNS = 1024  # kv * C_in: a 5x5x5 kernel on up to 8 channels
-MAX_BYTES = 4 << 30  # gathered columns (and their int64 neighbour map) per call
+MAX_BYTES = 4 << 30  # gathered columns and their int64 neighbour map, per call ...
+MAX_MEMORY_FRACTION = 0.125  # ... and at most this share of the GPU's memory
+_DEVICE_BYTES: dict[int, int] = {}
+
+
+def byte_limit(device: torch.device) -> int:
+    """Most bytes one call may gather on ``device``: ``MAX_BYTES``, less on small GPUs."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = _DEVICE_BYTES.get(index)
+    if total is None:
+        total = _DEVICE_BYTES[index] = torch.cuda.get_device_properties(index).total_memory
+    return min(MAX_BYTES, int(total * MAX_MEMORY_FRACTION))
 
 
 def usable(features: Tensor, filters: Tensor, subm: bool, inverse: bool) -> bool:
     """Whether ``forward``/``backward`` should take this conv: a CUDA submanifold conv whose
-    gathered columns are few and fit in ``MAX_BYTES``."""
+    gathered columns are few and fit in ``byte_limit``; others stay on spconv's path."""
     if not (subm and not inverse and features.is_cuda and features.dim() == 2):
         return False
     cols = filters[0].numel()  # kv * C_in
     kv = cols // filters.shape[-1]
     per_row = cols * features.element_size() + kv * 8  # gathered columns + neighbour map
-    return cols <= MAX_COLUMNS and features.shape[0] * per_row <= MAX_BYTES
+    return cols <= MAX_COLUMNS and features.shape[0] * per_row <= byte_limit(features.device)
 
 
 def neighbour_map(pairs: Tensor, counts: Tensor, num_rows: int) -> Tensor:

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
+import torch
 
-from pointseg.data.voxelize import voxelize
+from pointseg.data import voxelize as vox_module
+from pointseg.data.voxelize import Voxelized, voxelize
 
 
 def random_cloud(n: int = 5000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -152,3 +154,25 @@ def test_train_mode_draw_is_uniform_within_a_voxel() -> None:
     ]
     freq = np.bincount(picks, minlength=3) / 600
     assert np.all(np.abs(freq - 1 / 3) < 0.08), freq
+
+
+@pytest.mark.parametrize("mode", ["mean", "train"])
+def test_threaded_passes_equal_one_thread(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # keys, table marks, rank look-ups, first points, means and unravel run in parts on threads
+    # for large clouds: force them on a small one, with an odd number of parts
+    rng = np.random.default_rng(3)
+    coord = rng.uniform(0, 4, (50_001, 3)).astype(np.float32)
+    feat = rng.uniform(0, 1, (50_001, 4)).astype(np.float32)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        want = voxelize(coord, feat, voxel_size=0.1, mode=mode)
+        torch.set_num_threads(3)
+        monkeypatch.setattr(vox_module, "_THREADED_POINTS", 1)
+        got = voxelize(coord, feat, voxel_size=0.1, mode=mode)
+    finally:
+        torch.set_num_threads(before)
+    assert 1 < len(got.counts) < len(coord)  # shared voxels: the parts must agree on them
+    for name in Voxelized._fields:
+        a, b = getattr(got, name), getattr(want, name)
+        assert a.dtype == b.dtype and np.array_equal(a, b), name

@@ -89,6 +89,27 @@ def grid_extent(coord: np.ndarray, voxel_size: float) -> tuple[np.ndarray, np.nd
     return lo, dims
 
 
+_THREADED_POINTS = 1 << 20  # below this, a thread pool costs more than it saves
+
+
+def _threads(n: int) -> int:
+    """Threads for a pass over ``n`` points: torch's thread count on large clouds, else 1
+    (data-loader workers with one thread run every pass in turn)."""
+    return max(1, torch.get_num_threads()) if n >= _THREADED_POINTS else 1
+
+
+def _in_parts(n: int, fn, threads: int | None = None) -> list:
+    """``fn(start, stop)`` over ``threads`` contiguous parts of ``range(n)``, on a thread pool
+    (the numpy and torch passes used here release the GIL); results in part order."""
+    threads = _threads(n) if threads is None else threads
+    bounds = np.linspace(0, n, threads + 1).astype(np.int64)
+    parts = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    if len(parts) == 1:
+        return [fn(*parts[0])]
+    with ThreadPoolExecutor(len(parts)) as pool:
+        return list(pool.map(lambda ab: fn(*ab), parts))
+
+
 def ravelled_keys(
     coord: np.ndarray, origin: np.ndarray, voxel_size: float, dims: np.ndarray
 ) -> np.ndarray:
@@ -96,38 +117,76 @@ def ravelled_keys(
     n = coord.shape[0]
     key = np.empty(n, dtype=np.int64)
     d1, d2 = int(dims[1]), int(dims[2])
-    for s in range(0, n, _CHUNK):
-        g = _cell(coord[s : s + _CHUNK], origin, voxel_size)
-        np.multiply(g[:, 0], d1, out=key[s : s + _CHUNK])
-        key[s : s + _CHUNK] += g[:, 1]
-        key[s : s + _CHUNK] *= d2
-        key[s : s + _CHUNK] += g[:, 2]
+
+    def part(start: int, stop: int) -> None:
+        for s in range(start, stop, _CHUNK):
+            e = min(s + _CHUNK, stop)
+            g = _cell(coord[s:e], origin, voxel_size)
+            np.multiply(g[:, 0], d1, out=key[s:e])
+            key[s:e] += g[:, 1]
+            key[s:e] *= d2
+            key[s:e] += g[:, 2]
+
+    _in_parts(n, part)
     return key
 
 
-def unravel_keys(keys: np.ndarray, dims: np.ndarray) -> np.ndarray:
-    """Cells (M, 3) int64 of ravelled ``keys``: the inverse of ``ravelled_keys``."""
+def unravel_keys(keys: np.ndarray, dims: np.ndarray, dtype=np.int64) -> np.ndarray:
+    """Cells (M, 3) of ravelled ``keys`` (the inverse of ``ravelled_keys``), as ``dtype``;
+    in parts on threads for large ``keys``."""
     d1, d2 = int(dims[1]), int(dims[2])
-    if keys.size and int(keys.max()) < 2**31:  # int32 division is ~1.7x faster than int64
-        k32 = keys.astype(np.int32)
-        q, z = np.divmod(k32, np.int32(d2))
-        x, y = np.divmod(q, np.int32(d1))
-        return np.stack([x, y, z], 1).astype(np.int64)
-    return np.stack([keys // (d1 * d2), (keys // d2) % d1, keys % d2], 1)
+    out = np.empty((keys.size, 3), dtype=dtype)
+    small = keys.size == 0 or int(keys.max()) < 2**31  # int32 division: ~1.7x faster
+
+    def part(start: int, stop: int) -> None:
+        k = keys[start:stop]
+        if small:
+            q, out[start:stop, 2] = np.divmod(k.astype(np.int32), np.int32(d2))
+            out[start:stop, 0], out[start:stop, 1] = np.divmod(q, np.int32(d1))
+        else:
+            q, out[start:stop, 2] = np.divmod(k, d2)
+            out[start:stop, 0], out[start:stop, 1] = np.divmod(q, d1)
+
+    _in_parts(keys.size, part)
+    return out
 
 
 def _unique_dense(key: np.ndarray, volume: int) -> tuple[np.ndarray, np.ndarray]:
     """Sorted occupied keys and every point's rank among them, via a table over all cells."""
     occupied = np.zeros(volume, dtype=bool)
-    occupied[key] = True
+
+    def mark(start: int, stop: int) -> None:
+        occupied[key[start:stop]] = True  # parts may mark the same cell: same value
+
+    _in_parts(key.size, mark)
     ukey = np.flatnonzero(occupied)  # sorted
-    del occupied
+    occupied = None  # free the table before the rank table is made
     rank = np.empty(volume, dtype=np.int32)  # < 2**31 points, so < 2**31 voxels
     rank[ukey] = np.arange(ukey.size, dtype=np.int32)
-    return ukey, rank.take(key).astype(np.int64)
+    inverse = np.empty(key.size, dtype=np.int64)
+
+    def look_up(start: int, stop: int) -> None:
+        inverse[start:stop] = rank.take(key[start:stop])
+
+    _in_parts(key.size, look_up)
+    return ukey, inverse
 
 
-_THREADED_POINTS = 1 << 20  # below this, a thread pool costs more than it saves
+def _first_points(inverse: torch.Tensor, m: int) -> torch.Tensor:
+    """(M,) int64: the smallest point row of each voxel. Each part of the points takes its own
+    minimum on its own thread (int32: n < 2**31), then the parts' minima are combined."""
+    n = inverse.shape[0]
+
+    def part(start: int, stop: int) -> torch.Tensor:
+        first = torch.full((m,), n, dtype=torch.int32)
+        rows = torch.arange(start, stop, dtype=torch.int32)
+        return first.scatter_reduce_(0, inverse[start:stop], rows, "amin")
+
+    firsts = _in_parts(n, part)
+    first = firsts[0]
+    for other in firsts[1:]:
+        torch.minimum(first, other, out=first)
+    return first.long()
 
 
 def _bincounts(
@@ -139,29 +198,31 @@ def _bincounts(
     ``np.bincount`` releases the GIL, so on large clouds the passes run on torch's thread
     count (data-loader workers with one thread run them in turn).
     """
-    columns = [] if f2 is None else [np.ascontiguousarray(f2[:, j]) for j in range(f2.shape[1])]
+    channels = 0 if f2 is None else f2.shape[1]
 
     def one(j: int) -> np.ndarray:
-        weights = None if j < 0 else columns[j]
+        weights = None if j < 0 else np.ascontiguousarray(f2[:, j])
         return np.bincount(inverse, weights=weights, minlength=m)
 
-    jobs = range(-1 if counts is None else 0, len(columns))  # -1: the unweighted count
-    threads = min(torch.get_num_threads(), len(jobs))
-    if threads > 1 and inverse.size >= _THREADED_POINTS:
+    jobs = range(-1 if counts is None else 0, channels)  # -1: the unweighted count
+    threads = min(_threads(inverse.size), len(jobs))
+    if threads > 1:
         with ThreadPoolExecutor(threads) as pool:
             results = list(pool.map(one, jobs))
     else:
         results = list(map(one, jobs))
     if counts is None:
         counts = results.pop(0)
-    sums = results
     if f2 is None:
         return counts, None
-    out = np.empty((m, len(sums)), dtype=np.float32)
-    denom = counts.astype(np.float64)
-    for j, total in enumerate(sums):
-        np.divide(total, denom, out=total)
-        out[:, j] = total
+    out = np.empty((m, channels), dtype=np.float32)
+
+    def divide(start: int, stop: int) -> None:
+        denom = counts[start:stop].astype(np.float64)
+        for j, total in enumerate(results):
+            out[start:stop, j] = total[start:stop] / denom
+
+    _in_parts(m, divide)
     return counts, out
 
 
@@ -206,7 +267,7 @@ def voxelize(
                 torch.from_numpy(key), sorted=True, return_inverse=True, return_counts=True
             )
             uk = ukey.numpy()
-        grid_coord = unravel_keys(uk, dims)
+        grid_coord = unravel_keys(uk, dims, np.int32)
     m = grid_coord.shape[0]
     f2 = None
     if features is not None:
@@ -226,10 +287,7 @@ def voxelize(
         best.scatter_reduce_(0, inverse, (draw << 32) | point, "amin")
         index = best & 0xFFFFFFFF  # the row (n < 2**31: it fits the low 32 bits)
     else:
-        # first point of each voxel; int32 (n < 2**31) halves the memory traffic of int64
-        index = torch.full((m,), n, dtype=torch.int32)
-        index.scatter_reduce_(0, inverse, torch.arange(n, dtype=torch.int32), "amin")
-        index = index.long()
+        index = _first_points(inverse, m)  # the first point of each voxel
 
     feats_out = None
     if f2 is not None:
@@ -237,7 +295,7 @@ def voxelize(
         if np.asarray(features).ndim == 1:
             feats_out = feats_out[:, 0]
     return Voxelized(
-        grid_coord=grid_coord.astype(np.int32),
+        grid_coord=grid_coord.astype(np.int32, copy=False),
         inverse=inverse.numpy().astype(np.int64, copy=False),
         counts=counts.numpy().astype(np.int64, copy=False),
         index=index.numpy(),

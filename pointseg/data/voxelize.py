@@ -94,12 +94,15 @@ def grid_extent(coord: np.ndarray, voxel_size: float) -> tuple[np.ndarray, np.nd
 
 
 _THREADED_POINTS = 1 << 20  # below this, a thread pool costs more than it saves
+# The passes are bound by memory latency, and each part of the first-point pass holds its own
+# (M,) table: more parts than this cost memory and thread start-ups for little.
+_MAX_PARTS = 8
 
 
 def _threads(n: int) -> int:
-    """Threads for a pass over ``n`` points: torch's thread count on large clouds, else 1
-    (data-loader workers with one thread run every pass in turn)."""
-    return max(1, torch.get_num_threads()) if n >= _THREADED_POINTS else 1
+    """Threads for a pass over ``n`` points: torch's thread count (at most ``_MAX_PARTS``) on
+    large clouds, else 1 (data-loader workers with one thread run every pass in turn)."""
+    return min(max(1, torch.get_num_threads()), _MAX_PARTS) if n >= _THREADED_POINTS else 1
 
 
 def _in_parts(n: int, fn, threads: int | None = None) -> list:

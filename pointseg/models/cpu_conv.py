@@ -26,22 +26,7 @@ from spconv.core_cc.csrc.sparse.all import SpconvOps
 from spconv.pytorch.cppcore import torch_tensor_to_tv
 from torch import Tensor
 
-
-def _offsets(counts: Tensor, subm: bool) -> Iterator[tuple[int, int]]:
-    """(kernel offset, pair count) of every offset with pairs, in spconv's order.
-
-    A submanifold rulebook stores counts up to the centre only (the mirrored offsets have the
-    same counts) and leaves the centre out: its GEMM covers every row at once.
-    """
-    num = counts.tolist()
-    kv = len(num)
-    center = kv // 2
-    for k in range(kv):
-        if subm and k == center:
-            continue
-        n = num[kv - 1 - k] if subm and k > center else num[k]
-        if n > 0:
-            yield k, n
+from pointseg.models.rulebook import offset_counts
 
 
 def scatter_add_tv(out, rows, index) -> None:
@@ -110,7 +95,7 @@ def conv_forward(
         out = torch.mm(features, weight[:, kv // 2].t())
     else:
         out = features.new_zeros((num_out, c_out))
-    offsets = list(_offsets(counts, subm))
+    offsets = list(offset_counts(counts, subm))
     if not offsets:
         return out
     rows_in, rows_out = _row_buffers(features, offsets, c_in, c_out)
@@ -149,7 +134,7 @@ def conv_backward(
             grad_in = torch.mm(grad_out, weight[:, kv // 2])
     elif input_grad:
         grad_in = torch.zeros_like(features)
-    offsets = list(_offsets(counts, subm))
+    offsets = list(offset_counts(counts, subm))
     if offsets:
         rows_in, rows_out = _row_buffers(features, offsets, c_in, c_out)
         src, dst = pairs[int(inverse)], pairs[int(not inverse)]

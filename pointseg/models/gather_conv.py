@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from pointseg.models.rulebook import offset_counts
+
 MAX_COLUMNS = 1024  # kv * C_in: a 5x5x5 kernel on up to 8 channels
 MAX_BYTES = 4 << 30  # gathered columns and their int64 neighbour map, per call ...
 MAX_MEMORY_FRACTION = 0.125  # ... and at most this share of the GPU's memory
@@ -50,13 +52,13 @@ def neighbour_map(pairs: Tensor, counts: Tensor, num_rows: int) -> Tensor:
     kv, width = pairs.shape[1], pairs.shape[2]
     center = kv // 2
     device = pairs.device
-    counts = counts.to(device=device, dtype=torch.int64)
-    k = torch.arange(kv, device=device)
-    n = torch.where(k <= center, counts, counts.flip(0))  # offsets past the centre: mirrored
-    n[center] = 0  # the centre is the identity, set below
+    n = torch.zeros(kv, dtype=torch.int64)  # pairs per offset; the centre is set below
+    for k, count in offset_counts(counts, subm=True):
+        n[k] = count
+    n = n.to(device)
     valid = torch.arange(width, device=device)[None, :] < n[:, None]  # (kv, width)
     nbr = torch.full((num_rows, kv), num_rows, dtype=torch.int64, device=device)
-    offset = k[:, None].expand(kv, width)[valid]
+    offset = torch.arange(kv, device=device)[:, None].expand(kv, width)[valid]
     nbr[pairs[1][valid].long(), offset] = pairs[0][valid].long()
     nbr[:, center] = torch.arange(num_rows, device=device)
     return nbr

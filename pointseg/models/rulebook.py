@@ -26,12 +26,31 @@ empty grid), and every CUDA tensor, keep spconv's own builder.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
 LOOKUP_CELLS_PER_VOXEL = 128  # int32 table of at most 512 bytes per voxel
 LOOKUP_MIN_CELLS = 1 << 22  # 16 MiB: always fine
 LOOKUP_MAX_CELLS = 1 << 27  # 512 MiB: never
+
+
+def offset_counts(counts: Tensor, subm: bool) -> Iterator[tuple[int, int]]:
+    """(kernel offset, pair count) of every offset with pairs in a rulebook, in spconv's order.
+
+    A submanifold rulebook's counts are read up to the centre only (the mirrored offsets have
+    the same counts) and the centre is left out: its GEMM covers every row at once.
+    """
+    num = counts.tolist()
+    kv = len(num)
+    center = kv // 2
+    for k in range(kv):
+        if subm and k == center:
+            continue
+        n = num[kv - 1 - k] if subm and k > center else num[k]
+        if n > 0:
+            yield k, n
 
 
 def _table_cells(batch_size: int, dims: list[int]) -> int:

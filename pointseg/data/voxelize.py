@@ -105,16 +105,22 @@ def _threads(n: int) -> int:
     return min(max(1, torch.get_num_threads()), _MAX_PARTS) if n >= _THREADED_POINTS else 1
 
 
-def _in_parts(n: int, fn, threads: int | None = None) -> list:
-    """``fn(start, stop)`` over ``threads`` contiguous parts of ``range(n)``, on a thread pool
-    (the numpy and torch passes used here release the GIL); results in part order."""
-    threads = _threads(n) if threads is None else threads
-    bounds = np.linspace(0, n, threads + 1).astype(np.int64)
+def _map(fn, items: list, threads: int) -> list:
+    """``[fn(item) for item in items]``, on a pool of up to ``threads`` threads (the numpy and
+    torch passes used here release the GIL); results in item order."""
+    threads = min(threads, len(items))
+    if threads <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(fn, items))
+
+
+def _in_parts(n: int, fn) -> list:
+    """``fn(start, stop)`` over ``_threads(n)`` contiguous parts of ``range(n)``, each on its
+    own thread; results in part order."""
+    bounds = np.linspace(0, n, _threads(n) + 1).astype(np.int64)
     parts = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    if len(parts) == 1:
-        return [fn(*parts[0])]
-    with ThreadPoolExecutor(len(parts)) as pool:
-        return list(pool.map(lambda ab: fn(*ab), parts))
+    return _map(lambda ab: fn(*ab), parts, len(parts))
 
 
 def ravelled_keys(
@@ -211,13 +217,8 @@ def _bincounts(
         weights = None if j < 0 else np.ascontiguousarray(f2[:, j])
         return np.bincount(inverse, weights=weights, minlength=m)
 
-    jobs = range(-1 if counts is None else 0, channels)  # -1: the unweighted count
-    threads = min(_threads(inverse.size), len(jobs))
-    if threads > 1:
-        with ThreadPoolExecutor(threads) as pool:
-            results = list(pool.map(one, jobs))
-    else:
-        results = list(map(one, jobs))
+    jobs = list(range(-1 if counts is None else 0, channels))  # -1: the unweighted count
+    results = _map(one, jobs, _threads(inverse.size))
     if counts is None:
         counts = results.pop(0)
     if f2 is None:
@@ -276,10 +277,8 @@ def voxelize(
             uk = ukey.numpy()
         grid_coord = unravel_keys(uk, dims, np.int32)
     m = grid_coord.shape[0]
-    f2 = None
-    if features is not None:
-        f = np.asarray(features)
-        f2 = f.reshape(f.shape[0], -1)
+    f = None if features is None else np.asarray(features)
+    f2 = None if f is None else f.reshape(f.shape[0], -1)
     means = None
     if counts is None or (f2 is not None and mode == "mean"):
         known = None if counts is None else counts.numpy()
@@ -299,7 +298,7 @@ def voxelize(
     feats_out = None
     if f2 is not None:
         feats_out = f2[index.numpy()].astype(np.float32) if mode == "train" else means
-        if np.asarray(features).ndim == 1:
+        if f.ndim == 1:
             feats_out = feats_out[:, 0]
     return Voxelized(
         grid_coord=grid_coord.astype(np.int32, copy=False),

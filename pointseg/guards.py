@@ -219,7 +219,7 @@ def added_key_warnings(config_name: str, overrides: Sequence[str], conf_dir: str
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message alone tells the user what to fix (no traceback needed)."""
     from pointseg.io import PointFileError
-    from pointseg.io_las import LasReadError
+    from pointseg.io.las import LasReadError
 
     return (
         PointFileError,

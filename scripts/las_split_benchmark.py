@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pointseg.io_las import height_above_local_min, load_class_map, read_las
+from pointseg.io.las import height_above_local_min, load_class_map, read_las
 
 
 def miou(pred: np.ndarray, target: np.ndarray, num_classes: int) -> float:

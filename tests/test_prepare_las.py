@@ -11,7 +11,7 @@ import pytest
 from pointseg.data.scenes import read_scene
 from pointseg.data.transforms import Voxelize
 from pointseg.eval import evaluate
-from pointseg.io_las import height_above_local_min, load_class_map
+from pointseg.io.las import height_above_local_min, load_class_map
 from pointseg.prepare import main as prepare_main
 from pointseg.prepare.common import PrepareError
 from pointseg.prepare.las import block_members, prepare

@@ -539,7 +539,7 @@ def _read_las(
         div = 255.0 if int(inten.max()) <= 255 else 65535.0
         out["strength"] = (inten / div).astype(np.float32)[:, None]
     if "hag" in require:  # the LAS preparer's height above the local minimum
-        from pointseg.io_las import height_above_local_min
+        from pointseg.io.las import height_above_local_min
 
         cell, radius = hag
         out["hag"] = height_above_local_min(coord, cell=cell, radius=radius)[:, None]

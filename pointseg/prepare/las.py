@@ -1,7 +1,7 @@
 """``pointseg-prepare las src=<folder or file> dst=data/<name> [key=value ...]``.
 
 Every ``.las``/``.laz`` file under ``src`` (recursively) is read whole, labelled through a
-class map (``pointseg.io_las``) and cut into square blocks of ``block_size`` units in x/y:
+class map (``pointseg.io.las``) and cut into square blocks of ``block_size`` units in x/y:
 
     split_by=tile      dst/<tile_stem>/block_<i>_<j>/         (splits = tile stems)
     split_by=folder    dst/<folder>/<tile_stem>_block_<i>_<j>/  (src/<folder>/**/<tile>.las)
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from pointseg.data.scenes import write_scene
-from pointseg.io_las import LasReadError, las_features, load_class_map, read_las
+from pointseg.io.las import LasReadError, las_features, load_class_map, read_las
 from pointseg.prepare.common import PrepareError, SceneJob, run_jobs
 from pointseg.utils import public_mode
 

@@ -31,7 +31,7 @@ _BITS = {
 }
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, *, trust: bool = False) -> dict[str, Any]:
     """A pointseg checkpoint with a dense ``state_dict``, whatever its storage format."""
     path = Path(path)
     if not path.is_file():
@@ -75,6 +75,28 @@ def build_net(ckpt: Mapping[str, Any]) -> nn.Module:
     net = hydra.utils.instantiate(OmegaConf.create(ckpt["pointseg_config"]).model.net)
     net.load_state_dict(net_state_dict(ckpt))
     return net
+
+
+def stored_recipe(
+    ckpt: Mapping[str, Any],
+    *,
+    data_overrides: Mapping[str, Any] | None = None,
+    where: str = "checkpoint",
+) -> Any:
+    """The checkpoint's ``FeatureRecipe``: the one written at training time, or, with data
+    overrides or in a checkpoint from before recipes were stored, one made from the stored
+    data config (keeping the stored reader options)."""
+    from omegaconf import OmegaConf
+
+    from pointseg.segmenter import RECIPE_KEY, FeatureRecipe
+
+    stored = ckpt.get(RECIPE_KEY)
+    if stored is not None and not data_overrides:
+        return FeatureRecipe.from_dict(stored, where=where)
+    data = OmegaConf.merge(OmegaConf.create(ckpt["pointseg_config"]["data"]), data_overrides or {})
+    reader = dict(stored.get("reader") or {}) if stored is not None else {}
+    plain = OmegaConf.to_container(data, resolve=True)
+    return FeatureRecipe.from_data_config(plain, reader=reader)
 
 
 def build_module(ckpt: Mapping[str, Any], model_cfg: Mapping[str, Any] | None = None) -> Any:

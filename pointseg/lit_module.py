@@ -56,6 +56,7 @@ class SegmentationModule(pl.LightningModule):
         self.test_cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
         # the composed run config, stored in every checkpoint so eval rebuilds the model
         self.run_config: dict[str, Any] | None = None
+        self.feature_recipe: dict[str, Any] | None = None  # pointseg.segmenter.FeatureRecipe
         self.last_scores: dict[str, SegmentationScores] = {}
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
@@ -121,6 +122,8 @@ class SegmentationModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
             checkpoint["pointseg_config"] = self.run_config
+        if getattr(self, "feature_recipe", None) is not None:
+            checkpoint["pointseg_recipe"] = self.feature_recipe
 
 
 def poly_lr(

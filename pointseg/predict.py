@@ -23,18 +23,18 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from pointseg.guards import explain_state_dict_error, guard_task, run_hydra
-from pointseg.inference import InferenceOptions, Predictor
+from pointseg.inference import InferenceOptions
 from pointseg.io import (
     FORMATS,
     PointFileError,
     atomic_path,
     detect_format,
-    read_points,
     unlabelled,
     write_labeled_ply,
     write_las_classification,
     write_npy,
 )
+from pointseg.segmenter import Segmenter
 from pointseg.utils import CONF_DIR, write_json
 from pointseg.viz import palette
 
@@ -80,8 +80,9 @@ def expand_inputs(spec: str | Sequence[str]) -> list[Path]:
 def class_codes(class_names: Sequence[str], asprs_map: Any) -> np.ndarray:
     """(K,) uint8 LAS classification code of every class.
 
-    ``asprs_map``: null/"auto" (standard ASPRS codes when every class name is a standard
-    one, else the class index), "index", a list of K codes, or a mapping name -> code.
+    ``asprs_map``: null/"auto" (the standard ASPRS code of a class named like one, else the
+    user-definable codes 64, 65, ... in class order), "index", a list of K codes, or a
+    mapping name -> code.
     """
     names = list(class_names)
     if isinstance(asprs_map, Mapping):
@@ -96,14 +97,11 @@ def class_codes(class_names: Sequence[str], asprs_map: Any) -> np.ndarray:
             raise ValueError(f"asprs_map lists {len(asprs_map)} codes for {len(names)} classes")
         codes = list(asprs_map)
     elif asprs_map in (None, "auto"):
-        known = all(n.lower() in ASPRS_CODES for n in names)
-        codes = [ASPRS_CODES[n.lower()] for n in names] if known else list(range(len(names)))
-        if not known:
-            log.warning(
-                "class names %s are not all ASPRS classes: LAS classification = class index "
-                "(set asprs_map={name: code} for standard codes)",
-                names,
-            )
+        # a class that is no standard ASPRS class gets a user-definable code (64+), never a
+        # standard code with another meaning (class index 2 would read as "ground")
+        user = iter(range(64, 256))
+        std = [ASPRS_CODES.get(n.lower()) for n in names]
+        codes = [c if c is not None else next(user) for c in std]
     elif asprs_map == "index":
         codes = list(range(len(names)))
     else:
@@ -170,7 +168,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         OmegaConf.to_container(cfg.inference, resolve=True), tta=cfg.tta
     )
     try:
-        predictor = Predictor.from_checkpoint(cfg.ckpt_path, options=opts, device=cfg.device)
+        predictor = Segmenter.from_checkpoint(
+            cfg.ckpt_path, options=opts, device=cfg.device, trust=bool(cfg.get("trust_checkpoint"))
+        )
     except RuntimeError as err:  # load_state_dict's "size mismatch for ..." list
         raise explain_state_dict_error(err, ckpt=str(cfg.ckpt_path)) or err from None
     names = predictor.class_names
@@ -210,23 +210,16 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _predict_file(
-    path: Path, plan: dict[str, Path], predictor: Predictor, cfg: DictConfig, codes: np.ndarray,
+    path: Path, plan: dict[str, Path], predictor: Segmenter, cfg: DictConfig, codes: np.ndarray,
     bar: Any,
 ) -> dict[str, Any]:  # fmt: skip
     """Read, label and write one file; returns its summary entry."""
     names, chunk = predictor.class_names, int(predictor.options.chunk_size)
     t0 = time.perf_counter()
-    sample = read_points(
-        path,
-        format=cfg.get("format"),
-        columns=cfg.get("columns"),
-        require=predictor.file_features,
-        chunk_size=chunk,
-        hag=tuple(cfg.hag),
-        feat_keys=predictor.feat_keys,
-        only=predictor.file_features,
+    sample = predictor.read(
+        path, format=cfg.get("format"), columns=cfg.get("columns"),
         nonfinite=cfg.get("nonfinite", "drop"),
-    )
+    )  # fmt: skip
     kept = sample.pop("kept", None)  # (N,) bool when points with NaN/Inf coordinates were left out
     t_read = time.perf_counter() - t0
     pred = predictor.predict(sample, progress=bar)

@@ -17,6 +17,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from pointseg.guards import guard_task, run_hydra
 from pointseg.metrics import format_table
+from pointseg.segmenter import feature_recipe
 from pointseg.utils import CONF_DIR, find_last_checkpoint, reuse_freed_memory, write_json
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
     datamodule = hydra.utils.instantiate(cfg.data)
     module = hydra.utils.instantiate(cfg.model)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    # how raw files become this model's input, for every command that labels points later
+    module.feature_recipe = feature_recipe(module.run_config, datamodule).to_dict()
     return datamodule, module
 
 

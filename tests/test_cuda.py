@@ -110,7 +110,7 @@ def test_amp_training_steps_are_finite_and_close_to_fp32(dtype: torch.dtype) -> 
 
 
 def test_lightning_trains_on_gpu_with_amp_and_predicts_on_cpu(compose_cfg, tmp_path: Path) -> None:
-    from pointseg.inference import Predictor
+    from pointseg.segmenter import Segmenter
     from pointseg.train import train
 
     cfg = compose_cfg("train", [*TINY, "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1"])
@@ -120,8 +120,8 @@ def test_lightning_trains_on_gpu_with_amp_and_predicts_on_cpu(compose_cfg, tmp_p
 
     # a checkpoint written on the GPU loads on either device and gives the same labels
     s = SyntheticRooms("val", num_scenes=1, seed=0)[0]
-    on_cpu = Predictor.from_checkpoint(result["best_ckpt"], device="cpu")
-    on_gpu = Predictor.from_checkpoint(result["best_ckpt"], device="cuda")
+    on_cpu = Segmenter.from_checkpoint(result["best_ckpt"], device="cpu")
+    on_gpu = Segmenter.from_checkpoint(result["best_ckpt"], device="cuda")
     assert on_gpu.device.type == "cuda"
     sample = {"coord": s["coord"], "color": s["color"]}
     a, b = on_cpu.predict(sample), on_gpu.predict(sample)

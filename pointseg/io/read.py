@@ -10,7 +10,7 @@ float32 can hold to the millimetre (georeferenced tiles) are re-centred in float
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,18 +53,21 @@ def read_points(
     columns: str | Sequence[str] | None = None,
     require: Sequence[str] = (),
     chunk_size: int = 2_000_000,
-    hag: Sequence[float] = (1.0, 10.0),
+    las: Mapping[str, Any] | None = None,
     feat_keys: Sequence[str] = (),
     only: Sequence[str] | None = None,
     nonfinite: str = "error",
 ) -> Sample:
     """Read one file into a sample dict; ``require`` names features that must be present
     (checked before the points are read where the format allows it; ``feat_keys``, the model's
-    whole list, makes the error's fix exact). ``hag`` (cell, radius) is used when a LAS model
-    needs the height above the local minimum. ``only``: keep just these keys (besides
-    ``coord`` and ``origin``), which saves memory on big files. ``nonfinite``: ``"error"``
-    refuses points with NaN/Inf coordinates, ``"drop"`` leaves them out with a warning that
-    counts them and adds ``kept (N,) bool`` (the file's rows that were kept) when any were."""
+    whole list, makes the error's fix exact). ``las``: for LAS/LAZ files, the keyword options
+    of ``pointseg.io.las.las_features`` (the ones a model was trained with, stored in its
+    checkpoint); with them every LAS feature is computed exactly as ``pointseg-prepare las``
+    computed it, without them just colour, intensity and returns are read. ``only``: keep
+    just these keys (besides ``coord`` and ``origin``), which saves memory on big files.
+    ``nonfinite``: ``"error"`` refuses points with NaN/Inf coordinates, ``"drop"`` leaves them
+    out with a warning that counts them and adds ``kept (N,) bool`` (the file's rows that
+    were kept) when any were."""
     if nonfinite not in ("error", "drop"):
         raise ValueError(f"nonfinite must be 'error' or 'drop', got {nonfinite!r}")
     path = Path(path)
@@ -81,7 +84,7 @@ def read_points(
         )
     if fmt == "las":
         sample = _read_las(
-            path, require=require, chunk_size=chunk_size, hag=hag, feat_keys=feat_keys, only=only
+            path, require=require, chunk_size=chunk_size, las=las, feat_keys=feat_keys, only=only
         )
     else:
         try:
@@ -107,7 +110,7 @@ def check_features(
     for key in require:
         if key in sample:
             continue
-        have = sorted(k for k in sample if k not in ("origin", "kept"))
+        have = sorted(k for k in sample if k not in ("origin", "kept", "las_header"))
         rest = [k for k in feat_keys if k != key]
         width = sum(_FEAT_WIDTH.get(k, 1) for k in rest)
         retrain = (
@@ -347,13 +350,24 @@ def _read_kitti(path: Path, columns: str | Sequence[str] | None) -> dict[str, np
 
 
 def _read_ply(path: Path, columns: str | Sequence[str] | None) -> dict[str, np.ndarray]:
+    """Vertices of a PLY; a triangle mesh without normal fields gets area-weighted vertex
+    normals from its faces (``pointseg.io.mesh``)."""
     from plyfile import PlyData
 
-    ply = PlyData.read(str(path))
+    from pointseg.io.mesh import face_indices, vertex_normals
+
+    try:  # a fixed list length lets plyfile memory-map triangle faces instead of looping
+        ply = PlyData.read(str(path), known_list_len={"face": {"vertex_indices": 3}})
+    except Exception:  # not triangles, or another face layout: the general parser
+        ply = PlyData.read(str(path))
     if "vertex" not in ply:
         raise PointFileError(f"{path}: no 'vertex' element (found {[e.name for e in ply]})")
     v = ply["vertex"].data
-    return _typed_fields(path, v, list(v.dtype.names))
+    raw = _typed_fields(path, v, list(v.dtype.names))
+    faces = face_indices(path, ply, len(v)) if "normal" not in raw else None
+    if faces is not None and len(faces) and "coord" in raw:
+        raw["normal"] = vertex_normals(raw["coord"], faces)
+    return raw
 
 
 def _typed_fields(path: Path, rec: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -455,12 +469,15 @@ def _read_las(
     *,
     require: Sequence[str],
     chunk_size: int,
-    hag: Sequence[float],
+    las: Mapping[str, Any] | None,
     feat_keys: Sequence[str] = (),
     only: Sequence[str] | None = None,
 ) -> Sample:
-    """Stream a LAS/LAZ file in chunks into small per-point arrays (never the whole record)."""
+    """Stream a LAS/LAZ file in chunks into small per-point arrays (never the whole record);
+    the features come from ``pointseg.io.las``, the one home of every LAS feature."""
     import laspy
+
+    from pointseg.io.las import LasTile, las_features, unit_scale
 
     try:
         reader = laspy.open(path)
@@ -472,18 +489,21 @@ def _read_las(
         hdr = reader.header
         dims = set(hdr.point_format.dimension_names)
         has_rgb = {"red", "green", "blue"} <= dims
-        provides = {"coord", "strength", "returns", "classification", "hag"}
-        check_features(path, dict.fromkeys(provides | ({"color"} if has_rgb else set())),
-                       require, feat_keys=feat_keys)  # fmt: skip
+        if las is None:  # the features a generic model can take from any LAS file
+            provides = {"coord", "strength", "returns", "classification"}
+            check_features(path, dict.fromkeys(provides | ({"color"} if has_rgb else set())),
+                           require, feat_keys=feat_keys)  # fmt: skip
         n = int(hdr.point_count)
         if n == 0:
             raise PointFileError(f"{path} holds no points (its header says 0); nothing to read")
-        want = set(provides | {"color"}) if only is None else {*only, *require}
+        want = {"color", "strength", "returns", "classification"}
+        if only is not None and las is None:
+            want = {*only, *require}
         coord = np.empty((n, 3), np.float32)
         rgb = np.empty((n, 3), np.uint16) if has_rgb and "color" in want else None
-        inten = np.empty(n, np.uint16) if "strength" in want else None
+        inten = np.empty(n, np.uint16) if "strength" in want or las is not None else None
         cls = np.empty(n, np.uint8) if "classification" in want else None
-        returns = np.empty((n, 2), np.float32) if "returns" in want else None
+        returns = np.empty((n, 2), np.uint8) if "returns" in want or las is not None else None
         origin, i = None, 0
         try:
             for chunk in reader.chunk_iterator(chunk_size):
@@ -491,8 +511,8 @@ def _read_las(
                 if j > n:
                     raise PointFileError(f"{path}: more points than its header's {n}")
                 xyz = np.stack([np.asarray(chunk.x), np.asarray(chunk.y), np.asarray(chunk.z)], 1)
-                if origin is None:  # from the data, not the header's bounds (often stale)
-                    origin = _origin(xyz.min(0), xyz.max(0))
+                if origin is None:  # from the header's minimum, as pointseg-prepare las does
+                    origin = las_origin(hdr.mins, hdr.maxs, xyz)
                 coord[i:j] = xyz - origin  # float64 subtraction, then float32
                 if rgb is not None:
                     rgb[i:j] = np.stack([chunk.red, chunk.green, chunk.blue], 1)
@@ -518,11 +538,22 @@ def _read_las(
     bad = ~np.isfinite(coord).all(1)
     if bad.any():
         raise PointFileError(f"{path}: {int(bad.sum())} point(s) have non-finite coordinates")
-    out: Sample = {"coord": coord, "origin": origin}
+    out: Sample = {"coord": coord, "origin": origin, "las_header": _las_header(hdr)}
     if cls is not None:
         out["classification"] = cls
+    if las is not None:  # the model's LAS features, made as the preparer made them
+        tile = LasTile(
+            path=path, xyz=coord, classification=cls if cls is not None else np.zeros(0, np.uint8),
+            intensity=inten, returns=returns, rgb=rgb, header={"point_format": hdr.point_format.id},
+        )  # fmt: skip
+        try:
+            arrays, _ = las_features(tile, **dict(las))
+        except (TypeError, ValueError) as err:
+            raise PointFileError(f"{path}: cannot compute the model's LAS features: {err}") from err
+        out.update(arrays)
+        return out
     if returns is not None:
-        out["returns"] = returns
+        out["returns"] = returns.astype(np.float32)
     if rgb is not None and not rgb.any():  # RGB fields present but never filled in
         if "color" in require:
             try:
@@ -532,18 +563,40 @@ def _read_las(
         log.info("%s: RGB fields are all 0 (no colour recorded): colour left out", path)
         rgb = None
     if rgb is not None:
-        # 8-bit colours are often stored in the 16-bit fields: the range tells which
-        out["color"] = (rgb / (255.0 if int(rgb.max()) <= 255 else 65535.0)).astype(np.float32)
+        out["color"] = (rgb / unit_scale(rgb)).astype(np.float32)
         del rgb
     if inten is not None:
-        div = 255.0 if int(inten.max()) <= 255 else 65535.0
-        out["strength"] = (inten / div).astype(np.float32)[:, None]
-    if "hag" in require:  # the LAS preparer's height above the local minimum
-        from pointseg.io.las import height_above_local_min
-
-        cell, radius = hag
-        out["hag"] = height_above_local_min(coord, cell=cell, radius=radius)[:, None]
+        out["strength"] = (inten / unit_scale(inten)).astype(np.float32)[:, None]
     return out
+
+
+def _las_header(hdr: Any) -> dict[str, Any]:
+    """The header fields a scene's ``meta.json`` records (plain JSON)."""
+    wkt = None
+    for vlr in hdr.vlrs:  # a WKT VLR if present (GeoTIFF keys would need pyproj)
+        if type(vlr).__name__ == "WktCoordinateSystemVlr":
+            wkt = str(vlr.string).strip("\x00") or None
+    return {
+        "version": str(hdr.version),
+        "point_format": int(hdr.point_format.id),
+        "point_count": int(hdr.point_count),
+        "scales": [float(s) for s in hdr.scales],
+        "offsets": [float(o) for o in hdr.offsets],
+        "crs_wkt": wkt,
+    }
+
+
+def las_origin(lo: Sequence[float], hi: Sequence[float], first: np.ndarray) -> np.ndarray:
+    """(3,) float64 offset subtracted from a LAS tile's coordinates before the float32 cast:
+    the floor of the header's minimum when the tile is georeferenced (the header's bounds
+    can be stale, so the first points read must lie within 1e4 units of it), else 0."""
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    if max(np.abs(lo).max(), np.abs(hi).max(), np.abs(first).max()) <= RECENTER_ABOVE:
+        return np.zeros(3)
+    origin = np.floor(lo)
+    if np.abs(first - origin).max() > RECENTER_ABOVE:  # stale header: the data decide
+        origin = np.floor(first.min(0))
+    return origin
 
 
 _READERS = {

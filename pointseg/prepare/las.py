@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from pointseg.data.scenes import write_scene
-from pointseg.io.las import LasReadError, las_features, load_class_map, read_las
+from pointseg.io import read_points
+from pointseg.io.las import load_class_map
 from pointseg.prepare.common import PrepareError, SceneJob, run_jobs
 from pointseg.utils import public_mode
 
@@ -212,41 +213,46 @@ def convert_tile(job: SceneJob) -> None:
     """Read one tile and write its block scenes, then its ``.done`` marker."""
     opts, path = job.options, job.inputs[0]
     dst, stem = Path(opts["dst"]), path.stem
+    feature_options = {
+        "color": opts["color"],
+        "color_scale": opts["color_scale"],
+        "intensity_scale": opts["intensity_scale"],
+        "hag_cell": opts["hag_cell"],
+        "hag_radii": opts["hag_radii"],
+    }
+    if _point_count(path) == 0:
+        warnings.warn(f"{path} has 0 points; no scene written for it", stacklevel=2)
+        _write_done(job.output, {"source": str(path), "points": 0, "scenes": []})
+        return
     try:
-        tile = read_las(path, laz_threads=opts["workers"] <= 1)
-        if len(tile.xyz) == 0:
-            warnings.warn(f"{path} has 0 points; no scene written for it", stacklevel=2)
-            _write_done(job.output, {"source": str(path), "points": 0, "scenes": []})
-            return
-        segment = load_class_map(opts["class_map"]).apply(tile.classification, source=str(path))
-        features, feature_info = las_features(
-            tile,
-            color=opts["color"],
-            color_scale=opts["color_scale"],
-            intensity_scale=opts["intensity_scale"],
-            hag_cell=opts["hag_cell"],
-            hag_radii=opts["hag_radii"],
-        )
-    except (LasReadError, ValueError) as err:
+        # the reader pointseg-predict uses on a raw tile, with the same feature options, so
+        # a model sees the same features on the tile as on its prepared scenes
+        tile = read_points(path, format="las", las=feature_options)
+        segment = load_class_map(opts["class_map"]).apply(tile["classification"], source=str(path))
+    except ValueError as err:
         raise PrepareError(str(err) if str(path) in str(err) else f"{path}: {err}") from err
+    features = {k: v for k, v in tile.items() if k not in _NOT_FEATURES}
+    feature_info = {"keys": sorted(features)}
     if opts["overwrite"]:
         _remove_tile_scenes(dst, stem, opts["split_by"])
-    n = len(tile.xyz)
+    coord, read_origin = tile["coord"], tile["origin"]  # world = coord + read_origin
+    n = len(coord)
 
     bs, overlap = opts["block_size"], opts["overlap"]
-    lowest = tile.xyz.min(0)
-    step = bs if bs > 0 else 1.0
-    # a round origin on the block grid, so the blocks of neighbouring tiles line up
-    origin = np.array([*(np.floor(lowest[:2] / step) * step), np.floor(lowest[2])])  # (3,) f64
-    local = tile.xyz - origin  # (N, 3) float64: exact to ~1e-9 units before the f32 cast
+    if bs > 0:  # a round origin on the block grid, so the blocks of neighbouring tiles line up
+        lowest = coord.min(0).astype(np.float64) + read_origin
+        origin = np.array([*(np.floor(lowest[:2] / bs) * bs), np.floor(lowest[2])])  # (3,) f64
+    else:  # whole tiles keep the reader's coordinates bit for bit (as predict reads them)
+        origin = read_origin
+    local = coord.astype(np.float64) + (read_origin - origin)  # (N, 3) exact before the cast
     if opts["split_by"] == "tile":
         groups = [(stem, "block_{}_{}", np.arange(n), overlap)]
     elif opts["split_by"] == "folder":  # only training blocks overlap (see the module doc)
         margin = overlap if opts["folder"] == "train" else 0.0
         groups = [(opts["folder"], stem + "_block_{}_{}", np.arange(n), margin)]
     else:
-        median = float(np.median(tile.xyz[:, 0]))
-        west = tile.xyz[:, 0] < median
+        median = float(np.median(local[:, 0]) + origin[0])
+        west = local[:, 0] + origin[0] < median
         name = stem + "_block_{}_{}"
         groups = [
             ("train", name, np.flatnonzero(west), overlap),
@@ -257,11 +263,14 @@ def convert_tile(job: SceneJob) -> None:
     base_meta = {
         "source": str(path),
         "tile": stem,
-        "header": tile.header,
+        "header": tile["las_header"],
         "class_names": opts["class_names"],
         "class_map": opts["class_map"],
         "block_size": bs,
         "features": feature_info,
+        # how pointseg.io.read_points reads the raw tile into these features (see segmenter)
+        "reader": {"las": feature_options},
+        "feature_options": feature_options,
     }
     written = []
     for split, pattern, members, margin in groups:
@@ -279,7 +288,7 @@ def convert_tile(job: SceneJob) -> None:
                 "point_index": idx.astype(np.int64),  # (n,)
                 **{k: v[idx] for k, v in features.items()},
             }
-            codes, counts = np.unique(tile.classification[idx], return_counts=True)
+            codes, counts = np.unique(tile["classification"][idx], return_counts=True)
             meta = {
                 **base_meta,
                 "split": split,
@@ -291,6 +300,23 @@ def convert_tile(job: SceneJob) -> None:
             }
             write_scene(folder, arrays, meta)
     _write_done(job.output, {"source": str(path), "points": n, "scenes": written})
+
+
+# what the reader returns besides the per-point features a scene stores
+_NOT_FEATURES = {"coord", "origin", "classification", "las_header", "kept"}
+
+
+def _point_count(path: Path) -> int:
+    import laspy
+
+    try:
+        with laspy.open(path) as reader:
+            return int(reader.header.point_count)
+    except Exception as err:  # laspy and lazrs raise their own types
+        raise PrepareError(
+            f"cannot read {path}: {err}; the file is truncated or not a LAS/LAZ file "
+            "(re-download or re-export it)"
+        ) from err
 
 
 def _remove_tile_scenes(dst: Path, stem: str, split_by: str) -> None:

@@ -81,18 +81,35 @@ def test_commands_are_found() -> None:
     assert set(RUN) <= {c for _, c in COMMANDS}, "a command of RUN left the docs: update RUN"
 
 
-def _check_hydra(prog: str, args: list[str]) -> None:
-    flags = [a for a in args if a.startswith("-")]
-    overrides = [a for a in args if not a.startswith("-")]
+def _check_hydra(prog: str, args: list[str], user_dir: Path) -> None:
+    """Compose; with ``--config-dir``, the user's group options it names are empty files."""
+    flags, overrides, i = [], [], 0
+    while i < len(args):
+        if args[i] in ("--config-dir", "-cd", "--cfg", "-c", "--package", "-p"):
+            flags.append(args[i])
+            i += 1  # the flag's value (a config dir is the user's: user_dir stands in)
+        elif args[i].startswith("-"):
+            flags.append(args[i])
+        else:
+            overrides.append(args[i])
+        i += 1
     if "-m" in flags or "--multirun" in flags:  # a sweep: compose its first point
         overrides = [re.sub(r"=([^,\[]+),.*$", r"=\1", o) for o in overrides]
+    if "--config-dir" in flags or "-cd" in flags:
+        for group, option in (o.split("=", 1) for o in overrides if "=" in o):
+            if (CONF_DIR / group).is_dir() and not (CONF_DIR / group / f"{option}.yaml").exists():
+                (user_dir / group).mkdir(parents=True, exist_ok=True)
+                (user_dir / group / f"{option}.yaml").write_text("# @package _global_\n")
+        overrides.append(f"hydra.searchpath=['file://{user_dir}']")
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             compose(config_name=prog, overrides=overrides)
     finally:
         GlobalHydra.instance().clear()
-    missing = missing_options(prog, overrides, CONF_DIR)
+    if {"--help", "-h", "--cfg", "-c", "--info", "--hydra-help"} & set(flags):
+        return  # nothing runs: required options may stay unset
+    missing = missing_options(prog, [o for o in overrides if "searchpath" not in o], CONF_DIR)
     assert not missing, f"the command leaves required option(s) {missing} unset"
 
 
@@ -122,16 +139,16 @@ def _check_prepare(args: list[str]) -> None:
 
 
 @pytest.mark.parametrize("where,command", COMMANDS, ids=[w for w, _ in COMMANDS])
-def test_command_composes(where: str, command: str) -> None:
+def test_command_composes(where: str, command: str, tmp_path: Path) -> None:
     prog, args = _args(command)
     if prog == "prepare":
         _check_prepare(args)
     elif command in BROKEN:
         with pytest.raises(Exception, match="max_epoch"):
-            _check_hydra(prog, args)
+            _check_hydra(prog, args, tmp_path)
     else:
         assert prog in HYDRA_COMMANDS, f"{where}: unknown command pointseg-{prog}"
-        _check_hydra(prog, args)
+        _check_hydra(prog, args, tmp_path)
 
 
 @pytest.mark.slow

@@ -35,9 +35,15 @@ def load_checkpoint(path: str | Path, *, trust: bool = False) -> dict[str, Any]:
     """A pointseg checkpoint with a dense ``state_dict``, whatever its storage format."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint {path} does not exist; pass ckpt_path=<run_dir>/checkpoints/best.ckpt"
+        # name what the folder does hold (a prune run has pruned*.ckpt, no best.ckpt)
+        there = sorted(p.name for p in path.parent.glob("*.ckpt")) if path.parent.is_dir() else []
+        one = "it" if len(there) == 1 else "one of them"
+        fix = (
+            f"{path.parent} holds {', '.join(there)}: pass {one} as ckpt_path"
+            if there
+            else "pass ckpt_path=<run_dir>/checkpoints/best.ckpt"
         )
+        raise FileNotFoundError(f"checkpoint {path} does not exist; {fix}")
     try:
         # our own checkpoints hold plain config containers next to the weights
         ckpt = torch.load(path, map_location="cpu", weights_only=False)

@@ -102,8 +102,22 @@ def find_last_checkpoint(log_dir: str | Path, task_name: str = "train") -> Path:
     return candidates[-1]
 
 
-# conf/ sits next to the package in the checkout (pointseg is installed editable)
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+def _conf_dir() -> Path:
+    """The Hydra config folder: ``pointseg/conf`` in an installed wheel (pyproject.toml maps
+    the top-level ``conf/`` there), else ``conf/`` next to the package (checkout, editable)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise RuntimeError(
+        f"pointseg's configs are missing: neither {here / 'conf'} nor {here.parent / 'conf'} "
+        "holds train.yaml; reinstall pointseg (pip install <checkout>) or run it from a checkout"
+    )
+
+
+# the entry points' ``@hydra.main(config_path=...)``; a user's own config folder is added
+# with ``--config-dir DIR`` (its files override or extend these, see README "Your own configs")
+CONF_DIR = _conf_dir()
 
 
 def auto_precision(accelerator: str = "auto") -> str:

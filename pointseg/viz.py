@@ -383,9 +383,13 @@ def visualize(cfg: Any) -> Path | None:
 def main() -> None:
     import hydra
 
+    from pointseg.guards import run_hydra  # --help, required options, quiet console
     from pointseg.utils import CONF_DIR
 
-    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="viz")(visualize)()
+    run_hydra(
+        hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="viz")(visualize),
+        "viz",
+    )
 
 
 if __name__ == "__main__":

@@ -35,15 +35,15 @@ from pointseg.utils import CONF_DIR, reuse_freed_memory, write_json
 log = logging.getLogger(__name__)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, *, trust: bool = False) -> dict[str, Any]:
     """A checkpoint of pointseg-train or pointseg-prune (dense, compressed or channel-pruned)."""
     from pointseg.checkpoint import load_checkpoint as load
 
-    return load(path)
+    return load(path, trust=trust)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    ckpt = load_checkpoint(cfg.ckpt_path)
+    ckpt = load_checkpoint(cfg.ckpt_path, trust=bool(cfg.get("trust_checkpoint")))
     stored = OmegaConf.create(ckpt["pointseg_config"])
     overrides = cfg.get("data") or {}
     if not OmegaConf.is_dict(overrides) and not isinstance(overrides, dict):

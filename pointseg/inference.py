@@ -258,16 +258,18 @@ class Predictor:
         device: str = "auto",
         data_overrides: Mapping[str, Any] | None = None,
         ckpt: Mapping[str, Any] | None = None,
+        trust: bool = False,
     ) -> Predictor:
         """Network, classes and the val transforms before ``Voxelize`` from a checkpoint
-        (``ckpt``: the already loaded checkpoint of ``path``, to avoid reading it twice)."""
+        (``ckpt``: the already loaded checkpoint of ``path``, to avoid reading it twice; ``trust``:
+        see ``pointseg.checkpoint.load_checkpoint``)."""
         import hydra
         from omegaconf import OmegaConf
 
         from pointseg.checkpoint import build_net, load_checkpoint
         from pointseg.data.transforms import Compose, Voxelize
 
-        ckpt = load_checkpoint(path) if ckpt is None else ckpt
+        ckpt = load_checkpoint(path, trust=trust) if ckpt is None else ckpt
         stored = OmegaConf.create(ckpt["pointseg_config"])
         data = OmegaConf.merge(stored.data, data_overrides or {})
         net = build_net(ckpt)

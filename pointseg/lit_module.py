@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from pointseg.checkpoint import plain
 from pointseg.guards import check_labels
 from pointseg.metrics import ConfusionMatrix, SegmentationScores, scores
 
@@ -119,8 +120,8 @@ class SegmentationModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.run_config is not None:
-            checkpoint["pointseg_config"] = self.run_config
+        if self.run_config is not None:  # plain containers: loads with weights_only=True
+            checkpoint["pointseg_config"] = plain(self.run_config, where="pointseg_config")
 
 
 def poly_lr(

@@ -170,7 +170,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         OmegaConf.to_container(cfg.inference, resolve=True), tta=cfg.tta
     )
     try:
-        predictor = Predictor.from_checkpoint(cfg.ckpt_path, options=opts, device=cfg.device)
+        trust = bool(cfg.get("trust_checkpoint"))
+        predictor = Predictor.from_checkpoint(
+            cfg.ckpt_path, options=opts, device=cfg.device, trust=trust
+        )
     except RuntimeError as err:  # load_state_dict's "size mismatch for ..." list
         raise explain_state_dict_error(err, ckpt=str(cfg.ckpt_path)) or err from None
     names = predictor.class_names

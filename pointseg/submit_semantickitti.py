@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pointseg.data.datasets.semantickitti import kitti_labels, list_scans, load_scan, sequence_names
+from pointseg.guards import guard_task
 from pointseg.utils import public_mode
 
 
@@ -91,6 +92,7 @@ def predict_submission(
     sequences: Sequence[int | str] | None = None,
     device: str | None = None,
     overwrite: bool = False,
+    trust: bool = False,
 ) -> int:
     """Label every scan of ``split`` (or ``sequences``) under ``root`` with a pointseg
     checkpoint and write the predictions under ``out_dir``; returns how many were written.
@@ -108,7 +110,7 @@ def predict_submission(
     from pointseg.data.transforms import Compose
     from pointseg.eval import load_checkpoint
 
-    ckpt = load_checkpoint(ckpt_path)
+    ckpt = load_checkpoint(ckpt_path, trust=trust)  # trust: see pointseg.checkpoint
     stored = OmegaConf.create(ckpt["pointseg_config"])
     if list(stored.data.class_names) != kitti_labels().class_names:
         raise ValueError(
@@ -138,22 +140,26 @@ def predict_submission(
 
 USAGE = (
     "usage: python -m pointseg.submit_semantickitti ckpt=<best.ckpt> root=<.../dataset> "
-    "out=<dir> [split=test] [device=cuda]"
+    "out=<dir> [split=test] [device=cuda] [trust_checkpoint=true]"
 )
 
 
+@guard_task("pointseg.submit_semantickitti")
 def main(argv: list[str] | None = None) -> None:
     args: dict[str, str] = {}
     for item in sys.argv[1:] if argv is None else argv:
         key, sep, value = item.partition("=")
-        if not sep or key not in ("ckpt", "root", "out", "split", "device"):
+        if not sep or key not in ("ckpt", "root", "out", "split", "device", "trust_checkpoint"):
             raise SystemExit(f"unknown argument {item!r}; {USAGE}")
         args[key] = value
     missing = [k for k in ("ckpt", "root", "out") if k not in args]
     if missing:
         raise SystemExit(f"missing {missing}; {USAGE}")
     split, device = args.get("split", "test"), args.get("device")
-    n = predict_submission(args["ckpt"], args["root"], args["out"], split=split, device=device)
+    trust = args.get("trust_checkpoint", "false").lower() == "true"
+    n = predict_submission(
+        args["ckpt"], args["root"], args["out"], split=split, device=device, trust=trust
+    )
     print(f"wrote {n} prediction file(s) under {Path(args['out']) / 'sequences'}")
 
 

@@ -11,16 +11,21 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from pointseg.checkpoint import plain
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` to a hidden temporary file in the same folder, fsync, then rename.
 
     A run killed while saving leaves the previous checkpoint intact, never a truncated one.
+    Every checkpoint pointseg writes (Lightning's and pointseg-prune's) passes through here
+    and through ``plain``, so it loads with ``torch.load(weights_only=True)``.
     """
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
     ) -> None:
+        checkpoint = plain(checkpoint)  # before the file is touched: a bad entry raises here
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

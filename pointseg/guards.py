@@ -218,6 +218,7 @@ def added_key_warnings(config_name: str, overrides: Sequence[str], conf_dir: str
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message alone tells the user what to fix (no traceback needed)."""
+    from pointseg.checkpoint import CheckpointReadError
     from pointseg.io import PointFileError
     from pointseg.io.las import LasReadError
 
@@ -226,6 +227,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         LasReadError,
         DataError,
         CheckpointMismatchError,
+        CheckpointReadError,  # includes UntrustedCheckpointError
         FileNotFoundError,
     )
 

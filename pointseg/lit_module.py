@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from pointseg.checkpoint import plain
 from pointseg.guards import check_labels
 from pointseg.metrics import ConfusionMatrix, SegmentationScores, scores
 
@@ -120,10 +121,10 @@ class SegmentationModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.run_config is not None:
-            checkpoint["pointseg_config"] = self.run_config
-        if getattr(self, "feature_recipe", None) is not None:
-            checkpoint["pointseg_recipe"] = self.feature_recipe
+        if self.run_config is not None:  # plain containers: loads with weights_only=True
+            checkpoint["pointseg_config"] = plain(self.run_config, where="pointseg_config")
+        if self.feature_recipe is not None:
+            checkpoint["pointseg_recipe"] = plain(self.feature_recipe, where="pointseg_recipe")
 
 
 def poly_lr(

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pointseg.data.datasets.semantickitti import kitti_labels, list_scans, load_scan, sequence_names
+from pointseg.guards import guard_task
 from pointseg.utils import atomic_path
 
 
@@ -120,6 +121,7 @@ USAGE = (
 )
 
 
+@guard_task("pointseg-submit")
 def main(argv: list[str] | None = None) -> None:
     args: dict[str, str] = {}
     for item in sys.argv[1:] if argv is None else argv:

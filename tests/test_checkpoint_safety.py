@@ -182,7 +182,7 @@ def test_trust_checkpoint_reaches_eval_predict_and_prune(
     trained: dict[str, Any], tmp_path: Path, monkeypatch
 ) -> None:
     import pointseg.prune.run
-    from pointseg.inference import Predictor
+    from pointseg.segmenter import Segmenter
 
     def payload(name: str) -> tuple[Path, Path]:
         marker = tmp_path / f"ran_{name}"
@@ -197,7 +197,7 @@ def test_trust_checkpoint_reaches_eval_predict_and_prune(
     assert marker.is_dir() and miou == pytest.approx(trained["val/miou"], abs=1e-6)
 
     path, marker = payload("predict")
-    Predictor.from_checkpoint(path, device="cpu", trust=True)
+    Segmenter.from_checkpoint(path, device="cpu", trust=True)
     assert marker.is_dir()
 
     class Loaded(Exception):

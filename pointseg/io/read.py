@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from pointseg import FEATURE_WIDTHS
 from pointseg.io.formats import (
     FORMATS,
     MissingFeatureError,
@@ -125,7 +126,7 @@ def check_features(
         )
 
 
-_FEAT_WIDTH = {"coord": 3, "color": 3, "normal": 3, "returns": 2}
+_FEAT_WIDTH = FEATURE_WIDTHS
 _HOW = {
     "color": "colours (PLY red/green/blue, LAS point format 2/3/5/7/8, or text/npy "
     "columns=x,y,z,r,g,b)",

@@ -34,8 +34,6 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
     datamodule = hydra.utils.instantiate(cfg.data)
     module = hydra.utils.instantiate(cfg.model)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
-    # how raw files become this model's input, for every command that labels points later
-    module.feature_recipe = feature_recipe(module.run_config, datamodule).to_dict()
     return datamodule, module
 
 
@@ -45,6 +43,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         pl.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
     datamodule, module = build(cfg)
+    # how raw files become this model's input, for every command that labels points later
+    module.feature_recipe = feature_recipe(module.run_config, datamodule).to_dict()
     log.info("model: %s parameters", f"{sum(p.numel() for p in module.parameters()):,}")
 
     callbacks = instantiate_list(cfg.get("callbacks"))

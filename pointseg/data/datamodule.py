@@ -6,7 +6,7 @@ own shard; the metrics all-reduce their confusion matrices.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         val_batch_size: int | None = None,
         num_workers: int = 0,
         feat_keys: Sequence[str] = ("color",),
+        feature_widths: Mapping[str, int] | None = None,  # what in_channels was derived from
     ) -> None:
         super().__init__()
         if len(class_names) != num_classes:

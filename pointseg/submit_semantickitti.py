@@ -11,15 +11,16 @@ such a file; ``predict_submission`` runs a trained checkpoint over whole sequenc
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import hydra
 import numpy as np
+from omegaconf import DictConfig
 
 from pointseg.data.datasets.semantickitti import kitti_labels, list_scans, load_scan, sequence_names
-from pointseg.guards import guard_task
-from pointseg.utils import atomic_path
+from pointseg.guards import guard_task, run_hydra
+from pointseg.utils import CONF_DIR, atomic_path
 
 
 def prediction_path(out_dir: str | Path, name: str) -> Path:
@@ -115,29 +116,19 @@ def predict_submission(
     return written
 
 
-USAGE = (
-    "usage: pointseg-submit ckpt=<best.ckpt> root=<.../dataset> out=<dir> [split=test] "
-    "[device=cuda] [trust_checkpoint=true]"
-)
-
-
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="submit")
 @guard_task("pointseg-submit")
-def main(argv: list[str] | None = None) -> None:
-    args: dict[str, str] = {}
-    for item in sys.argv[1:] if argv is None else argv:
-        key, sep, value = item.partition("=")
-        if not sep or key not in ("ckpt", "root", "out", "split", "device", "trust_checkpoint"):
-            raise SystemExit(f"unknown argument {item!r}; {USAGE}")
-        args[key] = value
-    missing = [k for k in ("ckpt", "root", "out") if k not in args]
-    if missing:
-        raise SystemExit(f"missing {missing}; {USAGE}")
-    split, device = args.get("split", "test"), args.get("device")
-    trust = args.get("trust_checkpoint", "false").lower() == "true"
+def _hydra_main(cfg: DictConfig) -> None:
     n = predict_submission(
-        args["ckpt"], args["root"], args["out"], split=split, device=device, trust=trust
-    )
-    print(f"wrote {n} prediction file(s) under {Path(args['out']) / 'sequences'}")
+        cfg.ckpt_path, cfg.root, cfg.output, split=cfg.split, sequences=cfg.sequences,
+        device=None if cfg.device == "auto" else cfg.device, overwrite=bool(cfg.overwrite),
+        trust=bool(cfg.trust_checkpoint),
+    )  # fmt: skip
+    print(f"wrote {n} prediction file(s) under {Path(cfg.output) / 'sequences'}")
+
+
+def main() -> None:
+    run_hydra(_hydra_main, "submit")
 
 
 if __name__ == "__main__":

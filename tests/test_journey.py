@@ -42,6 +42,9 @@ def _journey(root: Path, train_overrides: list[str], raw: Path, scene: str) -> t
         "eval", [f"ckpt_path={ckpt}", "save_labels=true", "report.enabled=false"], root / "eval"
     )
     scores = evaluate(ecfg)
+    # Lightning's batched validation loop scores the same voxels through the same network
+    lcfg = compose_config("eval", [f"ckpt_path={ckpt}", "report.enabled=false"], root / "eval_pl")
+    assert evaluate(lcfg)["val/miou"] == pytest.approx(scores["val/miou"], abs=1e-6)
     labels_dir = Path(ecfg.paths.output_dir) / "labels"
     by_eval = np.load(labels_dir / f"{scene.replace('/', '__')}.labels.npy")
     out = root / "predict"

@@ -1,3 +1,7 @@
 """pointseg: semantic segmentation of 3D point clouds with sparse U-Nets."""
 
 __version__ = "0.1.0"
+
+from pointseg.threads import openmp_env_defaults
+
+openmp_env_defaults()  # before torch loads OpenMP; see pointseg/threads.py

@@ -2,6 +2,9 @@
 
 __version__ = "0.1.0"
 
+from pointseg.threads import openmp_env_defaults
+
+openmp_env_defaults()  # before torch loads OpenMP; see pointseg/threads.py
 
 # columns of each per-point feature; others have 1 (``hag`` has one per radius: the LAS
 # config gives its width in ``data.feature_widths``)

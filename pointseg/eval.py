@@ -33,6 +33,7 @@ from pointseg.guards import (
 )
 from pointseg.metrics import format_table, scores
 from pointseg.report import write_report
+from pointseg.threads import set_threads
 from pointseg.utils import CONF_DIR, reuse_freed_memory, write_json
 
 log = logging.getLogger(__name__)
@@ -144,8 +145,7 @@ def _scene_predictor(cfg: DictConfig, ckpt: dict[str, Any], datamodule: Any, spl
     from pointseg.inference import InferenceOptions
     from pointseg.segmenter import Segmenter
 
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    set_threads(cfg.get("threads"))  # pointseg/threads.py: null = the CPUs available
     opts = InferenceOptions.from_config(
         OmegaConf.to_container(cfg.get("inference") or {}, resolve=True), tta=cfg.get("tta")
     )

@@ -18,7 +18,6 @@ from typing import Any
 
 import hydra
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -35,6 +34,7 @@ from pointseg.io import (
     write_npy,
 )
 from pointseg.segmenter import Segmenter
+from pointseg.threads import set_threads
 from pointseg.utils import CONF_DIR, write_json
 from pointseg.viz import palette
 
@@ -159,8 +159,7 @@ def _write_probs(path: Path, pred: Any, dtype: str, chunk: int, kept: np.ndarray
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Label every input file; returns (and writes to ``<output>/predict.json``) a summary."""
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    set_threads(cfg.get("threads"))  # pointseg/threads.py: null = the CPUs available
     files = expand_inputs(cfg.input)
     out = Path(cfg.output)
     plans = _targets(files, out, cfg)

@@ -18,6 +18,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pointseg.guards import guard_task, run_hydra
 from pointseg.metrics import format_table
 from pointseg.segmenter import feature_recipe
+from pointseg.threads import set_threads
 from pointseg.utils import CONF_DIR, find_last_checkpoint, reuse_freed_memory, write_json
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then report the best checkpoint's ``val/miou``; returns what metrics.json holds."""
+    set_threads(cfg.get("threads"))  # pointseg/threads.py: null = the CPUs available
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pointseg.metrics import scores
+from pointseg.sparse import SparseConvNd
 
 
 def val_miou(net: nn.Module, recipe: Any, scenes: Any, *, ignore_index: int) -> float:
@@ -85,7 +86,7 @@ def count_macs(net: nn.Module, batch: Mapping[str, Any]) -> int:
 
     handles = []
     for mod in net.modules():
-        if isinstance(mod, spconv.conv.SparseConvolution):
+        if isinstance(mod, spconv.conv.SparseConvolution | SparseConvNd):
             handles.append(mod.register_forward_hook(conv_hook))
         elif isinstance(mod, nn.Linear):
             handles.append(mod.register_forward_hook(linear_hook))

@@ -34,6 +34,7 @@ from pointseg.prune import measure, structured, unstructured
 from pointseg.prune.finetune import finetune, recalibrate_bn
 from pointseg.prune.report import write_prune_report
 from pointseg.segmenter import RECIPE_KEY
+from pointseg.threads import set_threads
 from pointseg.utils import CONF_DIR, reuse_freed_memory, write_json
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,7 @@ def prune(cfg: DictConfig) -> dict[str, Any]:
     p = cfg.prune
     check_prune_config(p)
     amount, method = float(p.amount), str(p.method)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    set_threads(cfg.get("threads"))  # pointseg/threads.py: null = the CPUs available
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)

@@ -35,7 +35,7 @@ from pointseg.io import (
     write_npy,
 )
 from pointseg.segmenter import Segmenter
-from pointseg.utils import CONF_DIR, write_json
+from pointseg.utils import CONF_DIR
 from pointseg.viz import palette
 
 log = logging.getLogger(__name__)

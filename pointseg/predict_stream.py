@@ -146,9 +146,11 @@ def _chunk_sample(rec: np.ndarray, seg: Segmenter, scan: dict[str, Any], path: P
         pad = lambda a: np.concatenate([a, np.zeros((1, *a.shape[1:]), a.dtype)])  # noqa: E731
         tile = LasTile(path=path, xyz=xyz, classification=pad(rec["cls"]),
                        intensity=pad(rec["inten"]), returns=pad(rec["ret"]),
-                       rgb=None if rgb is None else pad(rgb), header={"point_format": -1})  # fmt: skip
+                       rgb=None if rgb is None else pad(rgb),
+                       header={"point_format": -1})  # fmt: skip
         try:
-            arrays, _ = las_features(tile, **opts)
+            with np.errstate(invalid="ignore"):  # the phantom's inf - inf
+                arrays, _ = las_features(tile, **opts)
         except (TypeError, ValueError) as err:
             raise PointFileError(f"{path}: cannot compute the model's LAS features: {err}") from err
         out.update({k: v[:-1] for k, v in arrays.items()})
@@ -185,6 +187,7 @@ def stream_file(
     grid = _Grid(seg, lo=scan["lo"], chunk_m=chunk_m)
     k = seg.num_classes
     hist = np.zeros(k, np.int64)
+    plan["labels"].parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=plan["labels"].parent, prefix=f".{path.stem}.stream."))
     try:
         n, cores = _spill(path, ctx_box, bounds, grid, scan["origin"], tmp, chunk)
@@ -229,8 +232,10 @@ def _write_las(src: Path, dst: Path, labels: np.ndarray, codes: np.ndarray, box:
     hdr = plain_header(las_header(src))
     limit = 31 if hdr.point_format.id < 6 else 255
     if int(codes.max()) > limit:
-        raise ValueError(f"class code {int(codes.max())} does not fit LAS point format "
-                         f"{hdr.point_format.id} of {src}; map classes with asprs_map=...")  # fmt: skip
+        raise ValueError(
+            f"class code {int(codes.max())} does not fit LAS point format "
+            f"{hdr.point_format.id} of {src}; map classes to codes <= {limit} with asprs_map="
+        )
     i = 0
     with atomic_path(dst) as tmp:
         with laspy.open(tmp, mode="w", header=hdr, do_compress=dst.suffix.lower() == ".laz") as w:

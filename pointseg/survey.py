@@ -246,7 +246,8 @@ def merge(out: Path, world: int, header: dict[str, Any]) -> dict[str, Any]:
           f"{len(failed)} failed -> {out}")  # fmt: skip
     for r in summary["ranks"]:
         print(f"  rank {r['rank']}: {r['points']:,} points in {r['seconds']:.1f} s: "
-              f"{r['points_per_s']:,.0f} points/s, peak RSS {r['peak_rss_mb']:,.0f} MB")  # fmt: skip
+              f"{r['points_per_s']:,.0f} points/s, "
+              f"peak RSS {r['peak_rss_mb']:,.0f} MB")  # fmt: skip
     if failed:
         print("failed: " + ", ".join(f["input"] for f in failed))
     return summary

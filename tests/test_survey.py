@@ -174,7 +174,7 @@ def test_streamed_chunks_equal_the_whole_tile(ckpt: Path, tiles: Path, tmp_path:
 
 
 def _bounded(path: Path, ckpt: Path, out: Path, box: list[float], root: Path) -> dict:
-    args = _args(ckpt, path, out, *BLOCKS, f"bounds=[{','.join(map(str, box))}]")
+    args = _args(ckpt, path, out, *BLOCKS, "asprs_map=index", f"bounds=[{','.join(map(str, box))}]")
     return predict(compose_config("predict", args, root))
 
 

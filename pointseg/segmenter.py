@@ -208,20 +208,27 @@ class Segmenter:
             total = probs if total is None else total + probs
         return total / len(self.options.variants())
 
-    def predict(self, sample: Sample, *, progress: Any = None) -> Prediction:
+    def predict(
+        self, sample: Sample, *, progress: Any = None, grid_origin: np.ndarray | None = None
+    ) -> Prediction:
         """Labels for every point of ``sample`` (from :meth:`read` or a dataset's raw
-        scene); ``progress`` (a tqdm bar) is advanced once per block."""
+        scene); ``progress`` (a tqdm bar) is advanced once per block. ``grid_origin`` (3,)
+        (``coord``'s frame): ``sample`` is a spatial chunk of a larger tile whose voxel grid
+        starts there; it is voxelized on that grid and always labelled in blocks on the
+        tile's block grid, so its voxels get the votes they get in a whole-tile block run."""
         sample = self.pre_transform(dict(sample))
         missing = [k for k in self.feat_keys if k not in sample]
         if missing:
             raise KeyError(f"feature(s) {missing} missing (the sample has {sorted(sample)})")
         opts = self.options
         vox = voxelize_chunked(
-            sample, self.feat_keys, voxel_size=self.voxel_size, chunk_size=opts.chunk_size
-        )
+            sample, self.feat_keys, voxel_size=self.voxel_size, chunk_size=opts.chunk_size,
+            grid_origin=grid_origin,
+        )  # fmt: skip
         del sample
         m = len(vox.grid)
-        if opts.block_size is None or m <= opts.single_pass_max_voxels:
+        whole = grid_origin is None and m <= opts.single_pass_max_voxels
+        if opts.block_size is None or whole:
             nblocks, blocks = 1, iter([(np.arange(m), np.ones(m, np.float32))])
         else:
             tile = max(1, round(opts.block_size / self.voxel_size))

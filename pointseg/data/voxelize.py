@@ -325,10 +325,14 @@ def voxelize_chunked(
     *,
     voxel_size: float,
     chunk_size: int = 2_000_000,
+    grid_origin: np.ndarray | None = None,
 ) -> SceneVoxels:
     """``voxelize(mode="mean")`` for whole scans of any size: the same grid, order and
     features, computed chunk by chunk with no (N, C) or (N, 3) int64 copies; the feature
-    columns stay grouped by key (``groups``) so that test-time augmentation can turn them."""
+    columns stay grouped by key (``groups``) so that test-time augmentation can turn them.
+    ``grid_origin`` (3,) anchors the grid at a given point (in ``coord``'s frame, at or below
+    every point) instead of the scan's minimum: spatial chunks of one tile voxelized with the
+    tile's minimum get the tile's voxels, at the tile's grid coordinates."""
     coord = sample["coord"]  # (N, 3) f32
     n = len(coord)
     if n == 0:
@@ -347,6 +351,15 @@ def voxelize_chunked(
             "(pointseg.io.read_points(..., nonfinite='drop') does it and says which)"
         )
     origin, dims = grid_extent(coord, voxel_size)
+    if grid_origin is not None:
+        anchor = np.asarray(grid_origin, dtype=np.float64).reshape(3)
+        if (origin < anchor).any():
+            raise ValueError(
+                f"grid_origin {anchor} lies above the scan's minimum {origin} in some axis; "
+                "anchor the grid at or below every point (the whole tile's minimum)"
+            )
+        hi = _bounds(coord)[1]
+        origin, dims = anchor, _cell(hi[None], anchor, voxel_size)[0] + 1
     if float(np.prod(dims.astype(np.float64))) >= 2**62:
         raise ValueError(f"voxel grid {dims} too large at voxel_size={voxel_size}")
     key = ravelled_keys(coord, origin, voxel_size, dims)

@@ -17,6 +17,10 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
 
 
+class ScheduleError(ValueError):
+    """An LR schedule that cannot be planned for this run (the message says what to do)."""
+
+
 class SegmentationModule(pl.LightningModule):
     """Trains a voxel network with a point-level loss.
 
@@ -59,6 +63,7 @@ class SegmentationModule(pl.LightningModule):
         self.run_config: dict[str, Any] | None = None
         self.feature_recipe: dict[str, Any] | None = None  # pointseg.segmenter.FeatureRecipe
         self.last_scores: dict[str, SegmentationScores] = {}
+        self._resumed_schedule: dict[str, Any] | None = None  # LR schedule state being resumed
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
         """Point logits ``(N, K)`` for the points indexed by ``batch['inverse']``."""
@@ -117,8 +122,34 @@ class SegmentationModule(pl.LightningModule):
         opt = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
         if not self.scheduler_factory:
             return opt
-        sched = self.scheduler_factory(opt, total_steps=self.trainer.estimated_stepping_batches)
+        total = self.trainer.estimated_stepping_batches
+        if not 1 <= total < float("inf"):
+            raise ScheduleError(
+                f"the LR schedule needs a finite, positive number of optimizer steps, got {total}: "
+                "set trainer.max_epochs and give the training set at least one batch"
+            )
+        self._check_resumed_schedule(int(total))
+        sched = self.scheduler_factory(opt, total_steps=int(total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _check_resumed_schedule(self, total: int) -> None:
+        """A resumed run keeps the LR schedule it was planned with (OneCycle and poly store
+        their length and would step past its end): refuse a run of another length."""
+        state = self._resumed_schedule or {}
+        planned = state.get("total_steps", state.get("total_iters"))
+        if planned is None or int(planned) == total:
+            return
+        per_epoch = total / max(self.trainer.max_epochs or 1, 1)
+        raise ScheduleError(
+            f"resume: the run's LR schedule was planned for {planned} optimizer steps and this "
+            f"run needs {total} (trainer.max_epochs={self.trainer.max_epochs} x {per_epoch:g} "
+            "steps); a planned schedule cannot be stretched: resume with the run's own "
+            "trainer.max_epochs and data, or start a new run planned for the longer schedule"
+        )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("lr_schedulers") or [None]
+        self._resumed_schedule = states[0]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:  # plain containers: loads with weights_only=True

@@ -90,18 +90,6 @@ def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def find_last_checkpoint(log_dir: str | Path, task_name: str = "train") -> Path:
-    """``last.ckpt`` of the newest run under ``<log_dir>/<task_name>/runs``."""
-    runs = Path(log_dir) / task_name / "runs"
-    candidates = sorted(runs.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise FileNotFoundError(
-            f"ckpt_path=last: no last.ckpt under {runs}/*/checkpoints; "
-            "give a checkpoint file with ckpt_path=<path/to/file.ckpt>"
-        )
-    return candidates[-1]
-
-
 def _conf_dir() -> Path:
     """The Hydra config folder: ``pointseg/conf`` in an installed wheel (pyproject.toml maps
     the top-level ``conf/`` there), else ``conf/`` next to the package (checkout, editable)."""

@@ -39,7 +39,17 @@ class InferenceOptions:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None, *, tta: bool = False) -> InferenceOptions:
+        """The options of an ``inference:`` config node; its ``_target_`` names the class
+        (this one by default, or a subclass with its own options)."""
         cfg = dict(cfg or {})
+        target = cfg.pop("_target_", None)
+        if target is not None and target != f"{cls.__module__}.{cls.__qualname__}":
+            import hydra
+
+            other = hydra.utils.get_class(target)
+            if not (isinstance(other, type) and issubclass(other, InferenceOptions)):
+                raise ValueError(f"inference._target_={target} is no InferenceOptions class")
+            return other.from_config(cfg, tta=tta)
         unknown = sorted(set(cfg) - set(cls.__dataclass_fields__) - {"tta"})
         if unknown:
             raise ValueError(f"unknown inference option(s) {unknown}")

@@ -134,7 +134,12 @@ def show(
     panel.add_child(status)
     window.add_child(panel)
 
+    timers: list[threading.Timer] = []
+    closing = threading.Event()
+
     def redraw() -> None:
+        if closing.is_set():  # a late frame for a window being closed
+            return
         widget.force_redraw()
         window.post_redraw()
 
@@ -160,6 +165,7 @@ def show(
             timer = threading.Timer(delay, app.post_to_main_thread, (window, redraw))
             timer.daemon = True
             timer.start()
+            timers.append(timer)
         print(f"showing {m.title}", flush=True)
 
     def on_key(event: Any) -> Any:
@@ -175,7 +181,12 @@ def show(
                     window.set_needs_layout()
                 return gui.Widget.EventCallbackResult.HANDLED
         if event.key in (gui.KeyName.Q, gui.KeyName.ESCAPE):
-            # closed from the event loop: a close inside the handler waited for the next event
+            # no more frames once closing (a frame posted after the close kept the window
+            # open), then close from the event loop: a close inside the handler waited for
+            # the next event
+            closing.set()
+            for timer in timers:
+                timer.cancel()
             threading.Thread(target=app.post_to_main_thread, args=(window, window.close),
                              daemon=True).start()  # fmt: skip
             return gui.Widget.EventCallbackResult.HANDLED

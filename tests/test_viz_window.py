@@ -120,9 +120,11 @@ def test_window_shows_classes_hides_ceiling_and_keys_switch_modes(tmp_path: Path
                     time.sleep(0.5)
                     red = _share(_screenshot(display), np.array([255, 0, 0]))
                 assert red > 0.005
-        # Q is not exercised: closing the window aborts the process at teardown (see report)
-        viewer.terminate()
-        out, _ = viewer.communicate(timeout=20)
+        # Q right after a switch (whose extra frames are still pending) closes the window
+        _xdotool(display, "windowfocus", "--sync", wid, "key", "g")
+        _xdotool(display, "windowfocus", "--sync", wid, "key", "q")
+        out, _ = viewer.communicate(timeout=30)
+        assert viewer.returncode == 0, out[-2000:]
         assert "floor" in out and "ceiling" in out and "class 0" not in out
     finally:
         if viewer is not None and viewer.poll() is None:

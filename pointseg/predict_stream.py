@@ -30,7 +30,7 @@ import numpy as np
 from pointseg.io import PointFileError, atomic_path, label_dtype
 from pointseg.io.copc import Box, in_box, plain_header, point_chunks
 from pointseg.io.las import LasTile, las_features, unit_scale
-from pointseg.io.read import las_origin
+from pointseg.io.read_las import las_origin
 from pointseg.segmenter import Segmenter
 
 _SPILL = np.dtype([("idx", "<i8"), ("coord", "<f4", 3), ("inten", "<u2"), ("rgb", "<u2", 3),

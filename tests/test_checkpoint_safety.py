@@ -134,14 +134,20 @@ def test_commands_refuse_the_malicious_checkpoint(
     assert not marker.exists()
 
 
-def test_submit_and_viz_do_not_run_it(evil: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+def test_submit_and_viz_do_not_run_it(
+    evil: tuple[Path, Path], tmp_path: Path, capsys, monkeypatch
+) -> None:
     from pointseg.io import PointFileError
     from pointseg.submit_semantickitti import main as submit
     from pointseg.viz import visualize
 
     path, marker = evil
+    monkeypatch.chdir(tmp_path)
+    argv = ["pointseg-submit", f"ckpt_path={path}", f"root={tmp_path}",
+            f"output={tmp_path / 'sub'}", f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
     with pytest.raises(SystemExit) as stop:
-        submit([f"ckpt={path}", f"root={tmp_path}", f"out={tmp_path / 'sub'}"])
+        submit()
     assert stop.value.code == 2
     assert f"refusing to load checkpoint {path}" in capsys.readouterr().err
     # viz reads point files, never checkpoints: handed one, it refuses it as a point file

@@ -18,8 +18,9 @@ def test_help_lists_the_commands_own_options_with_their_comments() -> None:
     assert text.startswith("usage: pointseg-predict ckpt_path=")
     required = text.split("required:")[1].split("options")[0]
     assert "ckpt_path" in required and "input" in required
-    assert "threads=1" in text and "OpenMP oversubscription" in text  # the yaml comment
-    assert "trainer" not in text and "data:" not in text  # nothing of pointseg-train's
+    assert "threads=null" in text and "the CPUs this process may use" in text  # yaml comment
+    # predict's own groups only (trainer: its one-process default or DDP), nothing of train's
+    assert "data:" not in text and "model:" not in text and "experiment:" not in text
     assert "docs/predict.md" in text
     train = command_help("pointseg-train", "train", CONF_DIR)
     assert "  data: " in train and "synthetic" in train and "experiment: " in train

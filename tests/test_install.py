@@ -86,7 +86,7 @@ def test_installed_scripts_run_from_any_folder(
     helped = _run([str(bin_dir / "pointseg-predict"), "--help"], tmp_path, env)
     assert helped.returncode == 0, helped.stderr
     assert "usage: pointseg-predict" in helped.stdout and "input" in helped.stdout
-    assert "trainer:" not in helped.stdout and "Traceback" not in helped.stderr
+    assert "data:" not in helped.stdout and "Traceback" not in helped.stderr
 
     missing = _run([str(bin_dir / "pointseg-eval")], tmp_path, env)
     assert missing.returncode == 2

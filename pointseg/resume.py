@@ -136,6 +136,11 @@ def resume_config(
     stored = OmegaConf.create(_stored_config(path))
     applied = apply_overrides(stored, cfg, overrides, conf_dir=conf_dir)
     run_dir = Path(stored.paths.output_dir)
+    here = str(cfg.paths.output_dir)  # this call's own Hydra folder
+    if here != str(run_dir):
+        # a block taken from this command line (logger=csv, callbacks=...) points into this
+        # call's folder: the run goes on in its own
+        stored = _relocate(stored, here, str(run_dir))
     if path.parent.name == "checkpoints" and path.parents[1] != run_dir:
         # the run folder was moved or copied: continue where the checkpoint lies
         stored = _relocate(stored, str(run_dir), str(path.parents[1]))

@@ -235,6 +235,8 @@ def quiet_third_party() -> None:
         if not any(isinstance(f, _DropMessages) and start in f.starts for f in logger.filters):
             logger.addFilter(_DropMessages(start))
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # pointseg-predict's writer records each file by name, never by batch index
+    warnings.filterwarnings("ignore", message=r"Couldn't infer the batch indices fetched")
 
 
 class ConsoleFormatter(logging.Formatter):

@@ -74,10 +74,11 @@ def prepare(
     unknown: str | None = None,
     color: bool | str = "auto",
     color_scale: str | float = "auto",
-    intensity_scale: str | float = "auto",
+    intensity_scale: str | float = "p99",
     hag: bool = True,
     hag_cell: float = 1.0,
-    hag_radius: float | str | Sequence[float] = (5.0, 15.0, 30.0),
+    hag_radius: float | str | Sequence[float] = (2.0, 5.0, 15.0, 30.0),
+    geometry_k: int = 16,
 ) -> dict[str, int]:
     """Convert the tiles of ``src`` into block scenes under ``dst``; returns tile counts.
 
@@ -86,7 +87,15 @@ def prepare(
     such as ``{ground: [2], other: [1]}``; ``unknown`` (ignore|other|error) overrides its
     policy for codes it does not list. ``hag`` writes ``hag.npy (N, K)``: the height above
     the lowest point within each of the K radii of ``hag_radius`` (a number or a comma list
-    such as ``5,15,30``; found on a grid of ``hag_cell``), computed over the whole tile.
+    such as ``2,5,15,30``; found on a grid of ``hag_cell``), computed over the whole tile.
+    ``geometry_k`` (0: off) writes ``geom.npy (N, 4)``, eigenvalue features of each point's
+    k nearest neighbours; ``intensity_scale`` (``p99`` default, ``auto`` or a number) divides
+    intensity. All per-point features come from ``pointseg.io.las.las_features``; the exact
+    keyword dict passed to it is stored as ``feature_options`` in every scene's ``meta.json``.
+
+    Under ``split_by=folder`` the tiles outside ``train/`` are written whole, one scene per
+    tile named after it, so an evaluation scene is the raw tile; ``block_size`` cuts only the
+    training tiles.
     """
     if block_size < 0 or overlap < 0 or (block_size > 0 and overlap >= block_size):
         raise PrepareError(
@@ -112,6 +121,7 @@ def prepare(
         "intensity_scale": intensity_scale,
         "hag_cell": float(hag_cell),
         "hag_radii": _radii(hag_radius) if hag else None,
+        "geometry_k": int(geometry_k),
     }
     tiles = find_tiles(src)
     folders = [_split_folder(src, t) if split_by == "folder" else "" for t in tiles]
@@ -219,14 +229,8 @@ def convert_tile(job: SceneJob) -> None:
             _write_done(job.output, {"source": str(path), "points": 0, "scenes": []})
             return
         segment = load_class_map(opts["class_map"]).apply(tile.classification, source=str(path))
-        features, feature_info = las_features(
-            tile,
-            color=opts["color"],
-            color_scale=opts["color_scale"],
-            intensity_scale=opts["intensity_scale"],
-            hag_cell=opts["hag_cell"],
-            hag_radii=opts["hag_radii"],
-        )
+        feature_options = feature_options_of(opts)
+        features, feature_info = las_features(tile, **feature_options)
     except (LasReadError, ValueError) as err:
         raise PrepareError(str(err) if str(path) in str(err) else f"{path}: {err}") from err
     if opts["overwrite"]:
@@ -241,9 +245,12 @@ def convert_tile(job: SceneJob) -> None:
     local = tile.xyz - origin  # (N, 3) float64: exact to ~1e-9 units before the f32 cast
     if opts["split_by"] == "tile":
         groups = [(stem, "block_{}_{}", np.arange(n), overlap)]
-    elif opts["split_by"] == "folder":  # only training blocks overlap (see the module doc)
-        margin = overlap if opts["folder"] == "train" else 0.0
-        groups = [(opts["folder"], stem + "_block_{}_{}", np.arange(n), margin)]
+    elif opts["split_by"] == "folder" and opts["folder"] == "train":  # only these overlap
+        groups = [("train", stem + "_block_{}_{}", np.arange(n), overlap)]
+    elif opts["split_by"] == "folder":  # evaluation tiles whole: the scene is the raw tile
+        bs, origin = 0.0, np.floor(lowest)
+        local = tile.xyz - origin
+        groups = [(opts["folder"], stem, np.arange(n), 0.0)]
     else:
         median = float(np.median(tile.xyz[:, 0]))
         west = tile.xyz[:, 0] < median
@@ -262,6 +269,7 @@ def convert_tile(job: SceneJob) -> None:
         "class_map": opts["class_map"],
         "block_size": bs,
         "features": feature_info,
+        "feature_options": feature_options,  # las_features(tile, **feature_options)
     }
     written = []
     for split, pattern, members, margin in groups:
@@ -293,6 +301,19 @@ def convert_tile(job: SceneJob) -> None:
     _write_done(job.output, {"source": str(path), "points": n, "scenes": written})
 
 
+def feature_options_of(opts: dict[str, Any]) -> dict[str, Any]:
+    """The keyword options of ``las_features`` in a preparer's options, as plain JSON."""
+    radii = opts["hag_radii"]
+    return {
+        "color": opts["color"],
+        "color_scale": opts["color_scale"],
+        "intensity_scale": opts["intensity_scale"],
+        "hag_cell": float(opts["hag_cell"]),
+        "hag_radii": None if radii is None else [float(r) for r in radii],
+        "geometry_k": int(opts.get("geometry_k", 0)),
+    }
+
+
 def _remove_tile_scenes(dst: Path, stem: str, split_by: str) -> None:
     """Before redoing a tile: its old scenes, which another block size may have named apart."""
     done = dst / DONE / stem
@@ -302,7 +323,7 @@ def _remove_tile_scenes(dst: Path, stem: str, split_by: str) -> None:
     if split_by == "tile":
         shutil.rmtree(dst / stem, ignore_errors=True)
     else:  # scenes of an interrupted run, which left no record
-        for folder in dst.glob(f"*/{stem}_block_*"):
+        for folder in [*dst.glob(f"*/{stem}_block_*"), *dst.glob(f"*/{stem}")]:
             shutil.rmtree(folder, ignore_errors=True)
 
 

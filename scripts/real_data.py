@@ -51,6 +51,8 @@ ASPRS_NAMES = [
 ]  # fmt: skip
 RULE_RADII = (2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 50.0, 80.0)
 RULE_THRESHOLDS = tuple(np.round(np.arange(0.1, 3.01, 0.1), 2))
+# 2 epochs of 50 steps (data/las.yaml's trainer.limit_train_batches), validated at the end
+AIRBORNE_STEPS = ["trainer.max_epochs=2", "trainer.check_val_every_n_epoch=2"]
 HGB_MAX_TRAIN = 300_000  # training points for the boosted trees (a random subset beyond)
 
 
@@ -75,6 +77,7 @@ SPLITS = [
         "ahn3", "las", ["ahn3/ahn3_cropped_1.laz"], ["ahn3/ahn3_cropped_2.laz"],
         ["ground", "building", "water", "other"],
         prepare=[f"class_map={AHN3_MAP}"],
+        train_args=AIRBORNE_STEPS,
         note="AHN3 code 1 (vegetation and the rest) and 26 (bridges) are `other`",
     ),
     Split(
@@ -83,17 +86,20 @@ SPLITS = [
         ["ign/test_data_77060_627755_LA93_IGN69.laz"],
         ASPRS_NAMES,
         prepare=["unknown=ignore"],
+        train_args=AIRBORNE_STEPS,
         note="ASPRS map; codes 0, 1 and 64 ignored",
     ),
     Split(
         "scannet", "scannet", ["scannet/scene0000_00"], ["scannet/scene0000_01"], [],
-        train_args=["experiment=real_scannet"],
+        train_args=["experiment=real_scannet", "trainer.max_epochs=2",
+                    "trainer.check_val_every_n_epoch=2"],
     ),
     Split(
         "semantickitti", "semantickitti",
         [f"semantickitti/sequences/00/velodyne/00000{i}.bin" for i in range(4)],
         ["semantickitti/sequences/00/velodyne/000004.bin"], [],
-        train_args=["experiment=real_semantickitti"],
+        train_args=["experiment=real_semantickitti", "trainer.max_epochs=10",
+                    "trainer.check_val_every_n_epoch=10"],
     ),
 ]  # fmt: skip
 

@@ -322,7 +322,7 @@ def las_features(
     color_scale: str | float = "auto",
     intensity_scale: str | float = "p99",
     hag_cell: float = 1.0,
-    hag_radii: Sequence[float] | None = (2.0, 5.0, 15.0, 30.0),
+    hag_radii: Sequence[float] | None = (2.0, 5.0, 15.0, 30.0, 60.0),
     geometry_k: int = 16,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Per-point arrays of a tile in the scene vocabulary (no coordinates, no labels) and a

@@ -77,7 +77,7 @@ def prepare(
     intensity_scale: str | float = "p99",
     hag: bool = True,
     hag_cell: float = 1.0,
-    hag_radius: float | str | Sequence[float] = (2.0, 5.0, 15.0, 30.0),
+    hag_radius: float | str | Sequence[float] = (2.0, 5.0, 15.0, 30.0, 60.0),
     geometry_k: int = 16,
 ) -> dict[str, int]:
     """Convert the tiles of ``src`` into block scenes under ``dst``; returns tile counts.
@@ -87,7 +87,7 @@ def prepare(
     such as ``{ground: [2], other: [1]}``; ``unknown`` (ignore|other|error) overrides its
     policy for codes it does not list. ``hag`` writes ``hag.npy (N, K)``: the height above
     the lowest point within each of the K radii of ``hag_radius`` (a number or a comma list
-    such as ``2,5,15,30``; found on a grid of ``hag_cell``), computed over the whole tile.
+    such as ``2,5,15,30,60``; found on a grid of ``hag_cell``), computed over the whole tile.
     ``geometry_k`` (0: off) writes ``geom.npy (N, 4)``, eigenvalue features of each point's
     k nearest neighbours; ``intensity_scale`` (``p99`` default, ``auto`` or a number) divides
     intensity. All per-point features come from ``pointseg.io.las.las_features``; the exact

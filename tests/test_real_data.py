@@ -14,6 +14,7 @@ import pytest
 
 from pointseg.eval import evaluate
 from pointseg.io.las import las_features, read_las
+from pointseg.lit_module import frequency_weights, train_class_counts
 from pointseg.prepare.las import prepare
 from pointseg.train import train
 
@@ -23,7 +24,7 @@ IGN = REAL / "ign"
 TRAIN = ["test_data_77050_627755_LA93_IGN69.laz", "test_data_77055_627755_LA93_IGN69.laz"]
 VAL = "test_data_77060_627755_LA93_IGN69.laz"
 
-pytestmark = pytest.mark.skipif(
+needs_real = pytest.mark.skipif(
     not all((IGN / n).is_file() for n in [*TRAIN, VAL]),
     reason=f"the real samples are not at {REAL} (set POINTSEG_REAL_DATA)",
 )
@@ -38,6 +39,7 @@ def _split(tmp_path: Path) -> Path:
     return src
 
 
+@needs_real
 def test_val_tile_is_one_scene_with_the_raw_tiles_features(tmp_path: Path) -> None:
     dst = tmp_path / "data" / "las"
     prepare(_split(tmp_path), dst, split_by="folder", unknown="ignore")
@@ -53,6 +55,7 @@ def test_val_tile_is_one_scene_with_the_raw_tiles_features(tmp_path: Path) -> No
     assert len(list((dst / "train").iterdir())) > 2  # training tiles are cut into blocks
 
 
+@needs_real
 def test_short_training_learns_far_above_chance(compose_cfg, tmp_path: Path) -> None:
     prepare(_split(tmp_path), tmp_path / "data" / "las", split_by="folder", unknown="ignore")
     cfg = compose_cfg(
@@ -72,3 +75,26 @@ def test_short_training_learns_far_above_chance(compose_cfg, tmp_path: Path) -> 
     # predicting the largest class scores mIoU ~0.08; a model that learned nothing ~0.1
     assert out["val/miou"] >= 0.4, out
     assert iou["ground"] >= 0.8 and iou["building"] >= 0.6 and iou["high_vegetation"] >= 0.6, iou
+
+
+def test_sqrt_inverse_weights_from_training_scenes(tmp_path: Path) -> None:
+    """The loss weights of model.class_weighting, counted from the scenes' segment.npy."""
+    scenes = []
+    for i, seg in enumerate([[0] * 90 + [1] * 9, [0] * 810 + [2] * 1 + [-1] * 5]):
+        (tmp_path / f"s{i}").mkdir()
+        np.save(tmp_path / f"s{i}" / "segment.npy", np.array(seg, dtype=np.int64))
+        scenes.append(tmp_path / f"s{i}")
+
+    class Folder:  # what train_class_counts reads of a SceneFolder
+        def __init__(self) -> None:
+            self.scenes, self.loop = scenes, 3
+
+    counts = train_class_counts(Folder(), 4)
+    assert counts.tolist() == [900, 9, 1, 0]
+    w = frequency_weights(counts, "sqrt_inverse")
+    share = np.array([900, 9, 1]) / 910
+    expected = share**-0.5 / np.mean(share**-0.5)
+    assert np.allclose(w[:3], expected) and w[3] == 1.0
+    assert w[2] / w[1] == pytest.approx(3.0)  # sqrt(9 / 1): tempered, not 9x
+    wi = frequency_weights(counts, "inverse")
+    assert np.allclose(wi[:3] * [900, 9, 1], wi[0] * 900)  # 1 / count

@@ -420,7 +420,13 @@ def write_report(results: list[dict], out: Path, argv: list[str]) -> None:
         "# pointseg on real labelled samples",
         "",
         f"Written by `python scripts/real_data.py {shlex.join(argv)}` (`make realdata`) on "
-        f"{time.strftime('%Y-%m-%d')}: every figure below comes from that one run. The samples "
+        f"{time.strftime('%Y-%m-%d')}: every figure below comes from one run of it"
+        + (
+            " (with --reuse, parts that an earlier run saved under --work are taken)"
+            if "--reuse" in argv
+            else ""
+        )
+        + ". The samples "
         "are `../shared/data/real` (see its README.md); train on the first, score every point "
         "of the second. CPU only, 2 cores shared with other jobs: times are wall-clock on a busy "
         "machine and vary by 2-3x with the load.",

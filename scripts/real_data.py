@@ -91,8 +91,8 @@ SPLITS = [
     ),
     Split(
         "scannet", "scannet", ["scannet/scene0000_00"], ["scannet/scene0000_01"], [],
-        train_args=["experiment=real_scannet", "trainer.max_epochs=2",
-                    "trainer.check_val_every_n_epoch=2"],
+        train_args=["experiment=real_scannet", "trainer.max_epochs=4",
+                    "trainer.check_val_every_n_epoch=4"],
     ),
     Split(
         "semantickitti", "semantickitti",
@@ -433,10 +433,14 @@ def write_report(results: list[dict], out: Path, argv: list[str]) -> None:
         "",
         "Baselines, fitted on the same training points: **rule**, ground when the height "
         "above the lowest point within r (1-unit grid) is <= t, r and t tuned on the training "
-        "tiles; **HGB**, scikit-learn HistGradientBoosting (200 iterations, balanced class "
-        "weights, at most 300k training points) on per-point heights above ground at several "
-        "radii, eigenvalue features of the 16 (and 48) nearest neighbours, intensity, returns "
-        "and colour where present.",
+        "tiles (ground vs rest mIoU); **HGB**, scikit-learn HistGradientBoosting (200 "
+        "iterations, balanced class weights, at most 300k training points) on per-point "
+        "features: airborne, the preparer's own `las_features` (heights above the lowest point "
+        "within 2-60 m, eigenvalue features of the 16 nearest neighbours, p99-scaled intensity, "
+        "returns; colour where present); ScanNet, height, colour and eigenvalue features of 16 "
+        "and 48 neighbours; SemanticKITTI, z, heights above the lowest point within 2, 5 and "
+        "10 m and eigenvalue features of 16 neighbours. Ground vs rest of pointseg and HGB is "
+        "read from their multi-class confusion matrices (ground against every other class).",
         "",
         "## Summary",
         "",
@@ -487,7 +491,8 @@ def write_report(results: list[dict], out: Path, argv: list[str]) -> None:
             lines += ["", f"pointseg: train {net['train_s']:.0f} s (peak RSS "
                       f"{net['train_gib']:.2f} GiB), eval {net['eval_s']:.0f} s; HGB fit and "
                       f"predict {res['hgb_s']:.0f} s. Commands:", "", "```"]  # fmt: skip
-            lines += net["commands"] + ["```"]
+            exe = shlex.quote(sys.executable) + " "  # shown as the plain `python` it is
+            lines += [c.replace(exe, "python ", 1) for c in net["commands"]] + ["```"]
     out.write_text("\n".join(lines) + "\n")
 
 

@@ -11,28 +11,26 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from pointseg.checkpoint import plain
+from pointseg.utils import atomic_path
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` to a hidden temporary file in the same folder, fsync, then rename.
 
     A run killed while saving leaves the previous checkpoint intact, never a truncated one.
+    Every checkpoint pointseg writes (Lightning's and pointseg-prune's) passes through here
+    and through ``plain``, so it loads with ``torch.load(weights_only=True)``.
     """
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
     ) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        checkpoint = plain(checkpoint)  # before the file is touched: a bad entry raises here
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 class LastCheckpoint(ModelCheckpoint):

@@ -8,10 +8,19 @@ mostly zeros is stored as a packed bitmask of its non-zero elements plus their v
 order (1 bit + the non-zero values instead of 32 bits per float32 element); the others stay
 dense. The round trip is bit-exact: "non-zero" means any bit set, so ``-0.0`` and NaN
 payloads survive.
+
+Loading never runs code from the file: ``torch.load(weights_only=True)`` rebuilds only
+tensors and plain containers, and a file that needs anything else (a pickled callable, a
+class instance) is refused with ``UntrustedCheckpointError`` unless the caller passes
+``trust=True`` (``trust_checkpoint=true`` on the command line) for a file it trusts. Every
+checkpoint pointseg writes goes through ``plain`` so that it loads without that opt-in.
 """
 
 from __future__ import annotations
 
+import pickle
+import re
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,31 +40,66 @@ _BITS = {
 }
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A pointseg checkpoint with a dense ``state_dict``, whatever its storage format."""
+class CheckpointReadError(ValueError):
+    """A checkpoint file that cannot be used as it is (damaged, not pointseg's, refused)."""
+
+
+class UntrustedCheckpointError(CheckpointReadError):
+    """A checkpoint that holds more than tensors and plain containers (it could run code)."""
+
+
+def load_checkpoint(path: str | Path, *, trust: bool = False) -> dict[str, Any]:
+    """A pointseg checkpoint with a dense ``state_dict``, whatever its storage format.
+
+    Read with ``weights_only=True``; ``trust=True`` unpickles anything (it may run code from
+    the file) and is only for a file whose origin the user vouches for.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint {path} does not exist; pass ckpt_path=<run_dir>/checkpoints/best.ckpt"
+        # name what the folder does hold (a prune run has pruned*.ckpt, no best.ckpt)
+        there = sorted(p.name for p in path.parent.glob("*.ckpt")) if path.parent.is_dir() else []
+        one = "it" if len(there) == 1 else "one of them"
+        fix = (
+            f"{path.parent} holds {', '.join(there)}: pass {one} as ckpt_path"
+            if there
+            else "pass ckpt_path=<run_dir>/checkpoints/best.ckpt"
         )
+        raise FileNotFoundError(f"checkpoint {path} does not exist; {fix}")
     try:
-        # our own checkpoints hold plain config containers next to the weights
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as err:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if trust or not refused:  # no global named: damaged, or not a torch.save file
+            raise CheckpointReadError(
+                f"cannot read checkpoint {path} ({_last_reason(err)}); is it a complete .ckpt "
+                "written by torch.save?"
+            ) from None
+        raise UntrustedCheckpointError(
+            f"refusing to load checkpoint {path}: it holds the global {refused.group(1)}, "
+            "which only a full unpickle rebuilds and which could run code (pointseg writes "
+            "tensors and plain containers only); if you trust the file's origin, pass "
+            "trust_checkpoint=true"
+        ) from None
     except Exception as err:
-        raise ValueError(f"cannot read checkpoint {path}: {err}; is it a complete .ckpt?") from err
+        raise CheckpointReadError(
+            f"cannot read checkpoint {path} ({_last_reason(err)}); is it a complete .ckpt?"
+        ) from None
     if not isinstance(ckpt, dict):
-        raise ValueError(f"{path} is not a pointseg checkpoint (a {type(ckpt).__name__})")
+        raise CheckpointReadError(
+            f"{path} is not a pointseg checkpoint (a {type(ckpt).__name__}, not a dict); use a "
+            ".ckpt written by pointseg-train or pointseg-prune"
+        )
     fmt = ckpt.get(FORMAT_KEY)
     if fmt is not None:
         if fmt != SPARSE_FORMAT or "sparse_state_dict" not in ckpt:
-            raise ValueError(
+            raise CheckpointReadError(
                 f"{path}: unknown checkpoint format {fmt!r} (this pointseg reads "
                 f"{SPARSE_FORMAT!r}); write it again with this version's pointseg-prune"
             )
         ckpt = dict(ckpt)
         ckpt["state_dict"] = decompress_state_dict(ckpt.pop("sparse_state_dict"))
     if "pointseg_config" not in ckpt or "state_dict" not in ckpt:
-        raise ValueError(
+        raise CheckpointReadError(
             f"{path} is not a pointseg checkpoint (no stored config or state_dict); "
             "use a .ckpt written by pointseg-train or pointseg-prune"
         )
@@ -75,6 +119,28 @@ def build_net(ckpt: Mapping[str, Any]) -> nn.Module:
     net = hydra.utils.instantiate(OmegaConf.create(ckpt["pointseg_config"]).model.net)
     net.load_state_dict(net_state_dict(ckpt))
     return net
+
+
+def stored_recipe(
+    ckpt: Mapping[str, Any],
+    *,
+    data_overrides: Mapping[str, Any] | None = None,
+    where: str = "checkpoint",
+) -> Any:
+    """The checkpoint's ``FeatureRecipe``: the one written at training time, or, with data
+    overrides or in a checkpoint from before recipes were stored, one made from the stored
+    data config (keeping the stored reader options)."""
+    from omegaconf import OmegaConf
+
+    from pointseg.segmenter import RECIPE_KEY, FeatureRecipe
+
+    stored = ckpt.get(RECIPE_KEY)
+    if stored is not None and not data_overrides:
+        return FeatureRecipe.from_dict(stored, where=where)
+    data = OmegaConf.merge(OmegaConf.create(ckpt["pointseg_config"]["data"]), data_overrides or {})
+    reader = dict(stored.get("reader") or {}) if stored is not None else {}
+    plain = OmegaConf.to_container(data, resolve=True)
+    return FeatureRecipe.from_data_config(plain, reader=reader)
 
 
 def build_module(ckpt: Mapping[str, Any], model_cfg: Mapping[str, Any] | None = None) -> Any:
@@ -134,31 +200,66 @@ def weights_checkpoint(
 ) -> dict[str, Any]:
     """A weights-only checkpoint (no optimizer state) that eval and predict load."""
     sd = {k: v.detach().cpu().clone() for k, v in state_dict.items()}
-    ckpt: dict[str, Any] = {"pointseg_config": _plain(config), **dict(extra or {})}
+    ckpt: dict[str, Any] = {"pointseg_config": config, **dict(extra or {})}
     if compressed:
         ckpt[FORMAT_KEY] = SPARSE_FORMAT
         ckpt["sparse_state_dict"] = compress_state_dict(sd)
     else:
         ckpt["state_dict"] = sd
-    return ckpt
+    return plain(ckpt)
 
 
 def save_checkpoint(ckpt: Mapping[str, Any], path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename (never a half file)."""
+    """``torch.save`` (of ``plain(ckpt)``) to a temporary file in the same folder, then rename
+    (never a half file)."""
     from pointseg.callbacks import AtomicCheckpointIO
 
     AtomicCheckpointIO().save_checkpoint(dict(ckpt), path)
     return Path(path)
 
 
-def _plain(value: Any) -> Any:
-    """Config containers as plain dicts/lists (``weights_only`` loading accepts nothing else)."""
+def _last_reason(err: Exception) -> str:
+    """torch's reason in one line (its weights-only messages span many lines of advice)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("Weights only load failed", "Check the"))]
+    reason = (useful or lines or [""])[-1].split("WeightsUnpickler error: ")[-1]
+    return f"{type(err).__name__}: {reason.split('. ')[0]}"
+
+
+# what ``torch.load(weights_only=True)`` rebuilds as it is (besides containers and tensors)
+_LEAVES = (str, bytes, bool, int, float, complex, type(None), torch.dtype, torch.device)
+
+
+def plain(value: Any, *, where: str = "checkpoint") -> Any:
+    """``value`` as tensors and plain containers only, so it loads with ``weights_only=True``.
+
+    OmegaConf containers become dicts/lists (resolved), numpy scalars Python numbers and
+    paths strings; dicts, ``OrderedDict``, lists, tuples, sets and tensors are kept. Anything
+    else raises ``TypeError`` naming its place (``where``): storing it would make every
+    load of the file need ``trust_checkpoint=true``.
+    """
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
+    # exact types: numpy scalars and enums subclass float/int/str but pickle as their class
+    if isinstance(value, Tensor) or type(value) in _LEAVES or type(value) is torch.Size:
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
     if isinstance(value, DictConfig | ListConfig):
-        return OmegaConf.to_container(value, resolve=True)
+        return plain(OmegaConf.to_container(value, resolve=True), where=where)
+    if isinstance(value, Path):
+        return str(value)
     if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
+        out = {}
+        for k, v in value.items():
+            out[plain(k, where=f"a key of {where}")] = plain(v, where=f"{where}[{k!r}]")
+        return OrderedDict(out) if isinstance(value, OrderedDict) else out
+    if isinstance(value, list | tuple | set):
+        items = [plain(v, where=f"{where}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, tuple | set):
+            return tuple(items) if isinstance(value, tuple) else set(items)
+        return items
+    raise TypeError(
+        f"{where} is a {type(value).__module__}.{type(value).__qualname__}, which "
+        "torch.load(weights_only=True) refuses; store it as a tensor or plain container"
+    )

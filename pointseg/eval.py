@@ -3,8 +3,10 @@
 The model and data are rebuilt from the config stored in the checkpoint, so no training
 override has to be repeated; ``data.*`` given here override the stored data config.
 Plain evaluation runs Lightning's validate/test loop. With ``tta=true`` or
-``report.worst_scenes=N`` it runs scene by scene through ``pointseg.inference.Predictor``
-(the same voxels, so the same scores without TTA) and keeps per-scene scores. Either way the
+``report.worst_scenes=N`` or ``save_labels=true`` it runs scene by scene through
+``pointseg.segmenter.Segmenter`` (the same voxels, so the same scores without TTA), keeps
+per-scene scores and, with ``save_labels``, writes each scene's per-point labels to
+``<run_dir>/labels/<split>__<scene>.labels.npy``. Either way the
 run dir gets ``metrics.json`` and, unless ``report.enabled=false``, ``report.md`` with a
 confusion-matrix heatmap and a per-class IoU chart.
 """
@@ -21,6 +23,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pointseg.checkpoint import load_checkpoint
 from pointseg.guards import (
     CheckpointMismatchError,
     check_checkpoint_data,
@@ -28,22 +31,16 @@ from pointseg.guards import (
     guard_task,
     run_hydra,
 )
-from pointseg.metrics import confusion_matrix, format_table, scores
+from pointseg.metrics import format_table, scores
 from pointseg.report import write_report
+from pointseg.threads import set_threads
 from pointseg.utils import CONF_DIR, reuse_freed_memory, write_json
 
 log = logging.getLogger(__name__)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint of pointseg-train or pointseg-prune (dense, compressed or channel-pruned)."""
-    from pointseg.checkpoint import load_checkpoint as load
-
-    return load(path)
-
-
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    ckpt = load_checkpoint(cfg.ckpt_path)
+    ckpt = load_checkpoint(cfg.ckpt_path, trust=bool(cfg.get("trust_checkpoint")))
     stored = OmegaConf.create(ckpt["pointseg_config"])
     overrides = cfg.get("data") or {}
     if not OmegaConf.is_dict(overrides) and not isinstance(overrides, dict):
@@ -70,9 +67,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     report_cfg = cfg.get("report") or {}
     worst_n = int(report_cfg.get("worst_scenes", 0) or 0)
     per_scene, predictor, dataset, is_zero = None, None, None, True
-    if cfg.get("tta") or worst_n > 0:
+    if cfg.get("tta") or worst_n > 0 or cfg.get("save_labels"):
         predictor, dataset = _scene_predictor(cfg, ckpt, datamodule, split)
-        confmat, per_scene = _scene_loop(predictor, dataset, ignore_index=datamodule.ignore_index)
+        labels_dir = run_dir / "labels" if cfg.get("save_labels") else None
+        confmat, per_scene = _scene_loop(
+            predictor, dataset, ignore_index=datamodule.ignore_index, labels_dir=labels_dir
+        )
         class_names = predictor.class_names
     else:
         class_names, confmat, is_zero = _lightning_loop(cfg, run_dir, datamodule, module, split)
@@ -142,44 +142,38 @@ def _lightning_loop(
 
 
 def _scene_predictor(cfg: DictConfig, ckpt: dict[str, Any], datamodule: Any, split: str):
-    from pointseg.inference import InferenceOptions, Predictor
+    from pointseg.inference import InferenceOptions
+    from pointseg.segmenter import Segmenter
 
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    set_threads(cfg.get("threads"))  # pointseg/threads.py: null = the CPUs available
     opts = InferenceOptions.from_config(
         OmegaConf.to_container(cfg.get("inference") or {}, resolve=True), tta=cfg.get("tta")
     )
     device = "cpu" if cfg.trainer.accelerator == "cpu" else cfg.get("device", "auto")
-    predictor = Predictor.from_checkpoint(
+    segmenter = Segmenter.from_checkpoint(
         cfg.ckpt_path, options=opts, device=device, data_overrides=cfg.get("data"), ckpt=ckpt
     )
     factory = datamodule.factories.get(split)
     if factory is None:
         raise ValueError(f"no {split} dataset is configured (data.{split}_dataset)")
-    return predictor, factory(transform=None)  # raw scenes: the predictor voxelizes
+    return segmenter, factory(transform=None)  # raw scenes: the segmenter voxelizes
 
 
 def _scene_loop(
-    predictor: Any, dataset: Any, *, ignore_index: int
+    segmenter: Any, dataset: Any, *, ignore_index: int, labels_dir: Path | None = None
 ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-    from tqdm import tqdm
+    from pointseg.io import write_npy
+    from pointseg.segmenter import dataset_scenes, score_scenes
 
-    k = predictor.num_classes
-    total = torch.zeros((k, k), dtype=torch.long)
-    per_scene = []
-    for i in tqdm(range(len(dataset)), desc="scenes", unit="scene"):
-        sample = dataset[i]
-        pred = predictor.predict(sample).labels
-        cm = confusion_matrix(
-            torch.from_numpy(pred.astype(np.int64)),
-            torch.as_tensor(sample["segment"], dtype=torch.long),
-            k,
-            ignore_index,
-        )
-        total += cm
-        sc = scores(cm)
-        per_scene.append({"scene": i, "points": len(pred), "miou": sc.miou, "allacc": sc.allacc})
-    return total, per_scene
+    def save(i: int, sample: dict[str, Any], labels: np.ndarray) -> None:
+        name = str(sample.get("name", i)).replace("/", "__")
+        write_npy(labels_dir / f"{name}.labels.npy", labels)
+
+    scenes, n = dataset_scenes(dataset)
+    return score_scenes(
+        segmenter, scenes, ignore_index=ignore_index, progress=True, total=n,
+        on_scene=save if labels_dir is not None else None,
+    )  # fmt: skip
 
 
 def _render_worst(cfg, run_dir, predictor, dataset, per_scene, n) -> list[tuple[dict, Path]]:

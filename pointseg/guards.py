@@ -218,6 +218,7 @@ def added_key_warnings(config_name: str, overrides: Sequence[str], conf_dir: str
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message alone tells the user what to fix (no traceback needed)."""
+    from pointseg.checkpoint import CheckpointReadError
     from pointseg.io import PointFileError
     from pointseg.io.las import LasReadError
 
@@ -226,22 +227,58 @@ def user_errors() -> tuple[type[BaseException], ...]:
         LasReadError,
         DataError,
         CheckpointMismatchError,
+        CheckpointReadError,  # includes UntrustedCheckpointError
         FileNotFoundError,
     )
 
 
+SPCONV_HINT = (
+    "spconv is not installed (or does not load): pointseg's sparse convolutions need it. "
+    "Install one variant: pip install spconv==2.3.8 on the CPU, or spconv-cu126==2.3.8 with "
+    "CUDA 12 (also the extras pointseg[cpu], pointseg[cu126]; see README, Install)"
+)
+
+
+def missing_spconv(err: BaseException | None) -> bool:
+    """Whether ``err`` (or an exception it was raised from, e.g. Hydra's "Error locating
+    target") is the failed import of spconv or of its cumm runtime."""
+    while err is not None:
+        if isinstance(err, ImportError) and (err.name or "").split(".")[0] in ("spconv", "cumm"):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def guard_task(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorate a Hydra task: user errors become ``<prog>: error: <message>``, exit status 2."""
+    """Decorate a Hydra task: user errors (and a missing spconv) become
+    ``<prog>: error: <message>``, exit status 2; what the task prints reaches its log file."""
     import functools
+    import importlib.util
+
+    from omegaconf.errors import MissingMandatoryValue
+
+    from pointseg.cli import output_to_log
 
     def wrap(task: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(task)
         def run(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return task(*args, **kwargs)
-            except user_errors() as err:
-                print(f"{prog}: error: {err}", file=sys.stderr)
-                sys.exit(INPUT_ERROR_EXIT)
+            with output_to_log():
+                try:
+                    if importlib.util.find_spec("spconv") is None:
+                        raise ModuleNotFoundError("No module named 'spconv'", name="spconv")
+                    return task(*args, **kwargs)
+                except user_errors() as err:
+                    print(f"{prog}: error: {err}", file=sys.stderr)
+                    sys.exit(INPUT_ERROR_EXIT)
+                except MissingMandatoryValue as err:  # a required key unset past run_hydra
+                    key = getattr(err, "full_key", None) or "?"
+                    print(f"{prog}: error: missing required option {key}=...", file=sys.stderr)
+                    sys.exit(INPUT_ERROR_EXIT)
+                except Exception as err:
+                    if not missing_spconv(err):
+                        raise
+                    print(f"{prog}: error: {SPCONV_HINT}", file=sys.stderr)
+                    sys.exit(INPUT_ERROR_EXIT)
 
         return run
 
@@ -249,9 +286,21 @@ def guard_task(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 
 
 def run_hydra(hydra_main: Callable[[], Any], config_name: str) -> None:
-    """Run a ``@hydra.main`` function; when it fails, add a hint for misspelt override keys."""
+    """Run a ``@hydra.main`` function: ``--help`` and missing required options are answered
+    here (no run folder); when Hydra fails, add a hint for misspelt override keys."""
+    from pointseg.cli import command_help, missing_message, missing_options, quiet_third_party
     from pointseg.utils import CONF_DIR
 
+    prog = f"pointseg-{config_name}"
+    argv = sys.argv[1:]
+    quiet_third_party()
+    if "--help" in argv or "-h" in argv:
+        print(command_help(prog, config_name, CONF_DIR))
+        sys.exit(0)
+    missing = missing_options(config_name, argv, CONF_DIR)
+    if missing:
+        print(missing_message(prog, config_name, missing, CONF_DIR), file=sys.stderr)
+        sys.exit(INPUT_ERROR_EXIT)
     try:
         for line in added_key_warnings(config_name, sys.argv[1:], str(CONF_DIR)):
             print(line, file=sys.stderr)

@@ -11,11 +11,16 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from pointseg.checkpoint import plain
 from pointseg.guards import check_labels
 from pointseg.metrics import ConfusionMatrix, SegmentationScores, scores
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
+
+
+class ScheduleError(ValueError):
+    """An LR schedule that cannot be planned for this run (the message says what to do)."""
 
 
 class SegmentationModule(pl.LightningModule):
@@ -70,7 +75,9 @@ class SegmentationModule(pl.LightningModule):
         self.test_cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
         # the composed run config, stored in every checkpoint so eval rebuilds the model
         self.run_config: dict[str, Any] | None = None
+        self.feature_recipe: dict[str, Any] | None = None  # pointseg.segmenter.FeatureRecipe
         self.last_scores: dict[str, SegmentationScores] = {}
+        self._resumed_schedule: dict[str, Any] | None = None  # LR schedule state being resumed
 
     def setup(self, stage: str) -> None:
         if stage != "fit" or self.class_weighting is None:
@@ -141,12 +148,40 @@ class SegmentationModule(pl.LightningModule):
         opt = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
         if not self.scheduler_factory:
             return opt
-        sched = self.scheduler_factory(opt, total_steps=self.trainer.estimated_stepping_batches)
+        total = self.trainer.estimated_stepping_batches
+        if not 1 <= total < float("inf"):
+            raise ScheduleError(
+                f"the LR schedule needs a finite, positive number of optimizer steps, got {total}: "
+                "set trainer.max_epochs and give the training set at least one batch"
+            )
+        self._check_resumed_schedule(int(total))
+        sched = self.scheduler_factory(opt, total_steps=int(total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def _check_resumed_schedule(self, total: int) -> None:
+        """A resumed run keeps the LR schedule it was planned with (OneCycle and poly store
+        their length and would step past its end): refuse a run of another length."""
+        state = self._resumed_schedule or {}
+        planned = state.get("total_steps", state.get("total_iters"))
+        if planned is None or int(planned) == total:
+            return
+        per_epoch = total / max(self.trainer.max_epochs or 1, 1)
+        raise ScheduleError(
+            f"resume: the run's LR schedule was planned for {planned} optimizer steps and this "
+            f"run needs {total} (trainer.max_epochs={self.trainer.max_epochs} x {per_epoch:g} "
+            "steps); a planned schedule cannot be stretched: resume with the run's own "
+            "trainer.max_epochs and data, or start a new run planned for the longer schedule"
+        )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("lr_schedulers") or [None]
+        self._resumed_schedule = states[0]
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.run_config is not None:
-            checkpoint["pointseg_config"] = self.run_config
+        if self.run_config is not None:  # plain containers: loads with weights_only=True
+            checkpoint["pointseg_config"] = plain(self.run_config, where="pointseg_config")
+        if self.feature_recipe is not None:
+            checkpoint["pointseg_recipe"] = plain(self.feature_recipe, where="pointseg_recipe")
 
 
 CLASS_WEIGHTINGS = ("sqrt_inverse", "inverse")

@@ -18,24 +18,24 @@ from typing import Any
 
 import hydra
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from pointseg.guards import explain_state_dict_error, guard_task, run_hydra
-from pointseg.inference import InferenceOptions, Predictor
+from pointseg.inference import InferenceOptions
 from pointseg.io import (
     FORMATS,
     PointFileError,
     atomic_path,
     detect_format,
-    read_points,
     unlabelled,
     write_labeled_ply,
     write_las_classification,
     write_npy,
 )
-from pointseg.utils import CONF_DIR, write_json
+from pointseg.segmenter import Segmenter
+from pointseg.threads import set_threads
+from pointseg.utils import CONF_DIR
 from pointseg.viz import palette
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,9 @@ def expand_inputs(spec: str | Sequence[str]) -> list[Path]:
 def class_codes(class_names: Sequence[str], asprs_map: Any) -> np.ndarray:
     """(K,) uint8 LAS classification code of every class.
 
-    ``asprs_map``: null/"auto" (standard ASPRS codes when every class name is a standard
-    one, else the class index), "index", a list of K codes, or a mapping name -> code.
+    ``asprs_map``: null/"auto" (the standard ASPRS code of a class named like one, else the
+    user-definable codes 64, 65, ... in class order), "index", a list of K codes, or a
+    mapping name -> code.
     """
     names = list(class_names)
     if isinstance(asprs_map, Mapping):
@@ -96,14 +97,11 @@ def class_codes(class_names: Sequence[str], asprs_map: Any) -> np.ndarray:
             raise ValueError(f"asprs_map lists {len(asprs_map)} codes for {len(names)} classes")
         codes = list(asprs_map)
     elif asprs_map in (None, "auto"):
-        known = all(n.lower() in ASPRS_CODES for n in names)
-        codes = [ASPRS_CODES[n.lower()] for n in names] if known else list(range(len(names)))
-        if not known:
-            log.warning(
-                "class names %s are not all ASPRS classes: LAS classification = class index "
-                "(set asprs_map={name: code} for standard codes)",
-                names,
-            )
+        # a class that is no standard ASPRS class gets a user-definable code (64+), never a
+        # standard code with another meaning (class index 2 would read as "ground")
+        user = iter(range(64, 256))
+        std = [ASPRS_CODES.get(n.lower()) for n in names]
+        codes = [c if c is not None else next(user) for c in std]
     elif asprs_map == "index":
         codes = list(range(len(names)))
     else:
@@ -113,19 +111,23 @@ def class_codes(class_names: Sequence[str], asprs_map: Any) -> np.ndarray:
     return np.asarray(codes, dtype=np.uint8)
 
 
-def _targets(files: Sequence[Path], out: Path, cfg: DictConfig) -> list[dict[str, Path]]:
-    """Output paths per input; refuses to overwrite an input or to write one file twice."""
+def _targets(
+    files: Sequence[Path], out: Path, cfg: DictConfig, *, streamed: Sequence[bool] | None = None
+) -> list[dict[str, Path]]:
+    """Output paths per input; refuses to overwrite an input or to write one file twice.
+    Streamed files get labels and the LAS/LAZ copy (a COPC input's copy is plain LAZ)."""
     plans, seen = [], {}
     inputs = {f.resolve() for f in files}
-    for f in files:
+    for f, chunked in zip(files, streamed or [False] * len(files), strict=True):
         fmt = detect_format(f, cfg.get("format"))
         plan = {"labels": out / f"{f.stem}.labels.npy"}
-        if cfg.write_ply:
+        if cfg.write_ply and not chunked:
             plan["ply"] = out / f"{f.stem}.ply"
-        if cfg.save_probs:
+        if cfg.save_probs and not chunked:
             plan["probs"] = out / f"{f.stem}.probs.npy"
         if fmt == "las" and cfg.write_las:
-            plan["las"] = out / f"{f.stem}{f.suffix.lower()}"
+            name = f.name[: -len(".copc.laz")] if f.name.lower().endswith(".copc.laz") else f.stem
+            plan["las"] = out / f"{name}{f.suffix.lower()}"
         for p in plan.values():
             if p.resolve() in inputs:
                 raise PointFileError(
@@ -159,74 +161,117 @@ def _write_probs(path: Path, pred: Any, dtype: str, chunk: int, kept: np.ndarray
         del arr
 
 
+def _output_options(cfg: DictConfig) -> dict[str, Any]:
+    """The options that change a file's outputs (part of its resume key)."""
+    keys = ("format", "columns", "write_ply", "write_las", "asprs_map", "save_probs",
+            "probs_dtype", "nonfinite", "tta", "inference", "bounds", "stream")  # fmt: skip
+    return {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+            for k, v in ((k, cfg.get(k)) for k in keys)}  # fmt: skip
+
+
+def _trainer_overrides(device: str) -> dict[str, Any]:
+    """``device=cpu|cuda|cuda:N`` picks the single-process trainer's accelerator."""
+    if device in (None, "auto"):
+        return {}
+    if device == "cpu":
+        return {"accelerator": "cpu", "devices": 1}
+    if str(device).startswith("cuda"):
+        index = str(device).partition(":")[2]
+        return {"accelerator": "gpu", "devices": [int(index)] if index else 1}
+    raise ValueError(f"device={device!r}: use auto, cpu, cuda or cuda:N")
+
+
 def predict(cfg: DictConfig) -> dict[str, Any]:
-    """Label every input file; returns (and writes to ``<output>/predict.json``) a summary."""
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    """Label every input file on this process's share of the trainer's devices (one process
+    by default; ``trainer=ddp`` / ``trainer=ddp_cpu``: one per device, files balanced by
+    point count); files whose outputs a previous run completed are skipped. Returns the
+    summary that rank 0 writes to ``<output>/predict.json``."""
+    from functools import partial
+
+    import hydra
+
+    from pointseg.io.copc import check_box
+    from pointseg.survey import MANIFEST_DIR, FileLabeller, ManifestWriter, file_points, record_key
+
+    set_threads(cfg.get("threads"))  # pointseg/threads.py: null = the CPUs available
+    bounds = check_box(cfg.get("bounds"))
     files = expand_inputs(cfg.input)
     out = Path(cfg.output)
-    plans = _targets(files, out, cfg)
+    weights = [file_points(f, cfg.get("format")) for f in files]
+    streamed = [_streamed(cfg, f, w) for f, w in zip(files, weights, strict=True)]
+    plans = _targets(files, out, cfg, streamed=streamed)
     opts = InferenceOptions.from_config(
         OmegaConf.to_container(cfg.inference, resolve=True), tta=cfg.tta
     )
     try:
-        predictor = Predictor.from_checkpoint(cfg.ckpt_path, options=opts, device=cfg.device)
+        predictor = Segmenter.from_checkpoint(
+            cfg.ckpt_path, options=opts, device="cpu", trust=bool(cfg.get("trust_checkpoint"))
+        )
     except RuntimeError as err:  # load_state_dict's "size mismatch for ..." list
         raise explain_state_dict_error(err, ckpt=str(cfg.ckpt_path)) or err from None
     names = predictor.class_names
     amap = cfg.get("asprs_map")
     codes = class_codes(names, OmegaConf.to_container(amap) if OmegaConf.is_config(amap) else amap)
-    summary: dict[str, Any] = {"ckpt_path": str(cfg.ckpt_path), "class_names": names,
-                               "tta": opts.tta, "files": []}  # fmt: skip
-    total_pts, t_all, failed = 0, time.perf_counter(), []
-    quiet = not cfg.progress
-    with (
-        tqdm(total=len(files), desc="files", unit="file", disable=quiet) as bar_files,
-        tqdm(desc="blocks", unit="block", position=1, leave=False, disable=quiet) as bar_blocks,
-    ):
-        for path, plan in zip(files, plans, strict=True):
-            try:
-                entry = _predict_file(path, plan, predictor, cfg, codes, bar_blocks)
-            except (PointFileError, OSError) as err:
-                if not cfg.skip_errors:
-                    raise
-                log.error("skipped %s: %s", path, err)
-                failed.append({"input": str(path), "error": str(err)})
-                continue
-            finally:
-                bar_files.update(1)
-            total_pts += entry["points"]
-            summary["files"].append(entry)
-    elapsed = time.perf_counter() - t_all
-    summary.update(points=total_pts, seconds=elapsed, points_per_s=total_pts / elapsed)
-    summary["failed"] = failed
-    done = len(files) - len(failed)
-    print(f"{done} file(s), {total_pts:,} points in {elapsed:.1f} s: "
-          f"{total_pts / elapsed:,.0f} points/s overall -> {out}")  # fmt: skip
-    if failed:
-        print(f"{len(failed)} file(s) skipped: " + ", ".join(f["input"] for f in failed))
-    write_json(out / "predict.json", summary)
+    options = _output_options(cfg)
+    ckpt = Path(cfg.ckpt_path)
+    module = FileLabeller(
+        predictor, files=files, plans=plans, weights=weights,
+        label_file=partial(_label_file, cfg=cfg, codes=codes, bounds=bounds,
+                           streamed={f for f, s in zip(files, streamed, strict=True) if s}),
+        keys=[record_key(f, ckpt, options) for f in files],
+        record_dir=out / MANIFEST_DIR, skip_errors=bool(cfg.skip_errors),
+    )  # fmt: skip
+    header = {"ckpt_path": str(cfg.ckpt_path), "class_names": names, "tta": opts.tta}
+    writer = ManifestWriter(out=out, header=header)
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=[writer], logger=False, enable_checkpointing=False,
+        enable_model_summary=False, enable_progress_bar=bool(cfg.progress),
+        use_distributed_sampler=False, sync_batchnorm=False,
+        **_trainer_overrides(cfg.get("device", "auto")),
+    )  # fmt: skip
+    trainer.predict(module, return_predictions=False)
+    summary = writer.summary
+    if summary:
+        pts, sec = summary["points"], summary["seconds"]
+        summary["points_per_s"] = pts / sec if sec > 0 else 0.0
     return summary
 
 
+def _streamed(cfg: DictConfig, path: Path, points: int) -> bool:
+    """LAS/LAZ/COPC files labelled in spatial chunks: all with ``bounds``, else the big ones."""
+    if detect_format(path, cfg.get("format")) != "las":
+        if cfg.get("bounds") is not None:
+            raise PointFileError(f"bounds= works on LAS/LAZ/COPC files only, not {path}")
+        return False
+    at = cfg.stream.min_points
+    return cfg.get("bounds") is not None or (at is not None and points > int(at))
+
+
+def _label_file(
+    path: Path, plan: dict[str, Path], predictor: Segmenter, *, cfg: DictConfig,
+    codes: np.ndarray, bounds: Any, streamed: set[Path],
+) -> dict[str, Any]:  # fmt: skip
+    """One file, whole or streamed in chunks: the predict step of every process."""
+    if path in streamed:
+        from pointseg.predict_stream import stream_file
+
+        return stream_file(
+            path, plan, predictor, codes=codes, chunk_m=float(cfg.stream.chunk), bounds=bounds
+        )
+    return _predict_file(path, plan, predictor, cfg, codes, None)
+
+
 def _predict_file(
-    path: Path, plan: dict[str, Path], predictor: Predictor, cfg: DictConfig, codes: np.ndarray,
+    path: Path, plan: dict[str, Path], predictor: Segmenter, cfg: DictConfig, codes: np.ndarray,
     bar: Any,
 ) -> dict[str, Any]:  # fmt: skip
     """Read, label and write one file; returns its summary entry."""
     names, chunk = predictor.class_names, int(predictor.options.chunk_size)
     t0 = time.perf_counter()
-    sample = read_points(
-        path,
-        format=cfg.get("format"),
-        columns=cfg.get("columns"),
-        require=predictor.file_features,
-        chunk_size=chunk,
-        hag=tuple(cfg.hag),
-        feat_keys=predictor.feat_keys,
-        only=predictor.file_features,
+    sample = predictor.read(
+        path, format=cfg.get("format"), columns=cfg.get("columns"),
         nonfinite=cfg.get("nonfinite", "drop"),
-    )
+    )  # fmt: skip
     kept = sample.pop("kept", None)  # (N,) bool when points with NaN/Inf coordinates were left out
     t_read = time.perf_counter() - t0
     pred = predictor.predict(sample, progress=bar)

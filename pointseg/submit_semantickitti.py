@@ -6,21 +6,21 @@ sequences 11-21. ``write_submission`` turns one scan's predicted classes (0..18,
 ``segment`` order of :class:`~pointseg.data.datasets.semantickitti.SemanticKITTI`) into
 such a file; ``predict_submission`` runs a trained checkpoint over whole sequences:
 
-    python -m pointseg.submit_semantickitti ckpt=<best.ckpt> root=<.../dataset> out=<dir>
+    pointseg-submit ckpt=<best.ckpt> root=<.../dataset> out=<dir>
 """
 
 from __future__ import annotations
 
-import os
-import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import hydra
 import numpy as np
+from omegaconf import DictConfig
 
 from pointseg.data.datasets.semantickitti import kitti_labels, list_scans, load_scan, sequence_names
-from pointseg.utils import public_mode
+from pointseg.guards import guard_task, run_hydra
+from pointseg.utils import CONF_DIR, atomic_path
 
 
 def prediction_path(out_dir: str | Path, name: str) -> Path:
@@ -69,16 +69,8 @@ def write_submission(
             f"{len(raw)} predictions for {out_path} but the scan has {num_points} points; "
             "predict every point of the scan (map voxel logits back with logits[inverse])"
         )
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw.astype("<u4").tobytes())
-        public_mode(tmp)
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out_path) as tmp:
+        tmp.write_bytes(raw.astype("<u4").tobytes())
     return out_path
 
 
@@ -91,35 +83,26 @@ def predict_submission(
     sequences: Sequence[int | str] | None = None,
     device: str | None = None,
     overwrite: bool = False,
+    trust: bool = False,
 ) -> int:
     """Label every scan of ``split`` (or ``sequences``) under ``root`` with a pointseg
     checkpoint and write the predictions under ``out_dir``; returns how many were written.
 
-    Scans go through the checkpoint's validation transforms one at a time, so every point
-    gets its voxel's class. Existing prediction files are kept unless ``overwrite``, so an
-    interrupted run continues where it stopped.
+    Scans go through the checkpoint's ``Segmenter`` one at a time, so every point gets its
+    voxel's class; ``trust`` loads a checkpoint that needs more than plain data. Existing
+    prediction files are kept unless ``overwrite``, so an interrupted run continues where
+    it stopped.
     """
-    import hydra
-    import torch
-    from omegaconf import OmegaConf
     from tqdm import tqdm
 
-    from pointseg.data.collate import collate
-    from pointseg.data.transforms import Compose
-    from pointseg.eval import load_checkpoint
+    from pointseg.segmenter import Segmenter
 
-    ckpt = load_checkpoint(ckpt_path)
-    stored = OmegaConf.create(ckpt["pointseg_config"])
-    if list(stored.data.class_names) != kitti_labels().class_names:
+    segmenter = Segmenter.from_checkpoint(ckpt_path, device=device or "auto", trust=trust)
+    if segmenter.class_names != kitti_labels().class_names:
         raise ValueError(
-            f"{ckpt_path} was trained on other classes ({list(stored.data.class_names)}), not "
+            f"{ckpt_path} was trained on other classes ({segmenter.class_names}), not "
             "the 19 SemanticKITTI classes; use a checkpoint of experiment=semantickitti_spunet"
         )
-    module = hydra.utils.instantiate(stored.model)
-    module.load_state_dict(ckpt["state_dict"])
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    module.to(device).eval()
-    transform = Compose(hydra.utils.instantiate(stored.data.val_transforms))
     scans = list_scans(root, sequence_names(split, sequences))
     written = 0
     for files in tqdm(scans, desc="predicting", unit="scan"):
@@ -127,34 +110,25 @@ def predict_submission(
         if out.exists() and not overwrite:
             continue
         sample = load_scan(files)
-        batch = collate([transform(sample)])
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        with torch.inference_mode():
-            pred = module(batch).argmax(1).cpu().numpy()  # (N,)
+        pred = segmenter.predict(sample).labels  # (N,), block inference as pointseg-predict
         write_submission(pred, out, num_points=len(sample["coord"]))
         written += 1
     return written
 
 
-USAGE = (
-    "usage: python -m pointseg.submit_semantickitti ckpt=<best.ckpt> root=<.../dataset> "
-    "out=<dir> [split=test] [device=cuda]"
-)
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="submit")
+@guard_task("pointseg-submit")
+def _hydra_main(cfg: DictConfig) -> None:
+    n = predict_submission(
+        cfg.ckpt_path, cfg.root, cfg.output, split=cfg.split, sequences=cfg.sequences,
+        device=None if cfg.device == "auto" else cfg.device, overwrite=bool(cfg.overwrite),
+        trust=bool(cfg.trust_checkpoint),
+    )  # fmt: skip
+    print(f"wrote {n} prediction file(s) under {Path(cfg.output) / 'sequences'}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    args: dict[str, str] = {}
-    for item in sys.argv[1:] if argv is None else argv:
-        key, sep, value = item.partition("=")
-        if not sep or key not in ("ckpt", "root", "out", "split", "device"):
-            raise SystemExit(f"unknown argument {item!r}; {USAGE}")
-        args[key] = value
-    missing = [k for k in ("ckpt", "root", "out") if k not in args]
-    if missing:
-        raise SystemExit(f"missing {missing}; {USAGE}")
-    split, device = args.get("split", "test"), args.get("device")
-    n = predict_submission(args["ckpt"], args["root"], args["out"], split=split, device=device)
-    print(f"wrote {n} prediction file(s) under {Path(args['out']) / 'sequences'}")
+def main() -> None:
+    run_hydra(_hydra_main, "submit")
 
 
 if __name__ == "__main__":

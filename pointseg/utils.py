@@ -7,7 +7,8 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,42 +59,53 @@ def public_mode(path: str | Path, *, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write to a temporary file in the same folder, then rename: never a half file."""
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path in ``path``'s folder, renamed onto ``path`` (with the permissions a
+    plain ``open`` would give) if the block succeeds and removed if it fails: pointseg's one
+    way of writing a file, so a crash never leaves half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
         public_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write to a temporary file in the same folder, then rename: never a half file."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(path)
 
 
 def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def find_last_checkpoint(log_dir: str | Path, task_name: str = "train") -> Path:
-    """``last.ckpt`` of the newest run under ``<log_dir>/<task_name>/runs``."""
-    runs = Path(log_dir) / task_name / "runs"
-    candidates = sorted(runs.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise FileNotFoundError(
-            f"ckpt_path=last: no last.ckpt under {runs}/*/checkpoints; "
-            "give a checkpoint file with ckpt_path=<path/to/file.ckpt>"
-        )
-    return candidates[-1]
+def _conf_dir() -> Path:
+    """The Hydra config folder: ``pointseg/conf`` in an installed wheel (pyproject.toml maps
+    the top-level ``conf/`` there), else ``conf/`` next to the package (checkout, editable)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise RuntimeError(
+        f"pointseg's configs are missing: neither {here / 'conf'} nor {here.parent / 'conf'} "
+        "holds train.yaml; reinstall pointseg (pip install <checkout>) or run it from a checkout"
+    )
 
 
-# conf/ sits next to the package in the checkout (pointseg is installed editable)
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# the entry points' ``@hydra.main(config_path=...)``; a user's own config folder is added
+# with ``--config-dir DIR`` (its files override or extend these, see README "Your own configs")
+CONF_DIR = _conf_dir()
 
 
 def auto_precision(accelerator: str = "auto") -> str:

@@ -1,10 +1,11 @@
 """``pointseg-viz``: look at predictions next to the ground truth.
 
-Interactive (an Open3D window; keys P prediction, G ground truth, E errors in red, C the scan's
-own colours) or headless with ``render=out.png``: Open3D's ``OffscreenRenderer`` (Filament; on
-a machine without a GPU it runs on Mesa llvmpipe) draws each panel with the same auto-framed
-camera and matplotlib lays them out side by side with a legend. Where the offscreen renderer
-cannot start, a matplotlib scatter plot is drawn instead and the log says so.
+Interactive (an Open3D window, ``pointseg.viz_window``; keys P prediction, G ground truth,
+E errors in red, C the scan's own colours) or headless with ``render=out.png``: Open3D's
+``OffscreenRenderer`` (Filament; on a machine without a GPU it runs on Mesa llvmpipe) draws
+each panel with the same auto-framed camera and matplotlib lays them out side by side with a
+legend. Where the offscreen renderer cannot start, a matplotlib scatter plot is drawn instead
+and the log says so.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ _BASE = np.array([
 ], dtype=np.uint8)  # fmt: skip
 IGNORE_RGB = np.array([60, 60, 60], np.uint8)  # unlabelled ground-truth points
 RIGHT_RGB, WRONG_RGB = np.array([200, 200, 200], np.uint8), np.array([255, 0, 0], np.uint8)
+MODE_NAMES = {"pred": "prediction", "gt": "ground truth", "errors": "errors (red)",
+              "color": "scan colours"}  # fmt: skip
 _renderers: dict[tuple[int, int], Any] = {}  # at most one: see _render_open3d
 _registered: list[bool] = []
 
@@ -55,6 +58,45 @@ def error_colors(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     out = np.tile(RIGHT_RGB, (len(pred), 1))
     out[(gt >= 0) & (np.asarray(pred).astype(np.int64) != gt)] = WRONG_RGB
     return out
+
+
+def auto_clip_top(coord: np.ndarray) -> float:
+    """0.15 for what looks like an indoor scan (a dense horizontal layer, the ceiling, at the top
+    of a 1.5-8 m z-range), else 0: the fraction of the z-range ``clip_top=auto`` cuts."""
+    z = np.asarray(coord, np.float64)[:, 2]
+    if not len(z):
+        return 0.0
+    lo, hi = float(z.min()), float(z.max())
+    if not 1.5 <= hi - lo <= 8.0:  # rooms and storeys; airborne tiles and streets are taller
+        return 0.0
+    top = float(np.mean(z >= hi - 0.05 * (hi - lo)))
+    return 0.15 if top >= 0.08 else 0.0
+
+
+def select_points(
+    coord: np.ndarray, *, clip_top: float | str = "auto", max_points: int = 2_000_000
+) -> tuple[np.ndarray, float]:
+    """Indices of the points to draw (top of the z-range cut, then a seeded subsample of at
+    most ``max_points``) and the clip fraction used (``clip_top='auto'``: ``auto_clip_top``)."""
+    if clip_top == "auto":
+        clip = auto_clip_top(coord)
+        if clip:
+            log.info("clip_top=auto: the top %.0f%% of the z-range (a ceiling) is hidden; "
+                     "clip_top=0 shows it", clip * 100)  # fmt: skip
+    else:
+        clip = float(clip_top)
+        if not 0.0 <= clip < 1.0:
+            raise ValueError(f"clip_top must be 'auto' or a fraction in [0, 1), got {clip_top}")
+    if max_points < 1:
+        raise ValueError(f"max_points must be >= 1, got {max_points}")
+    keep = np.ones(len(coord), bool)
+    if clip > 0:  # e.g. drop ceilings to see into rooms
+        z = coord[:, 2]
+        keep &= z <= z.max() - clip * (z.max() - z.min())
+    idx = np.flatnonzero(keep)
+    if len(idx) > max_points:
+        idx = np.sort(np.random.default_rng(0).choice(idx, max_points, replace=False))
+    return idx, clip
 
 
 def _camera(coord: np.ndarray, view: str, aspect: float) -> dict[str, Any]:
@@ -227,19 +269,13 @@ def render_comparison(
     size: tuple[int, int] = (800, 600),
     view: str = "oblique",
     point_size: float = 2.0,
-    clip_top: float = 0.0,
+    clip_top: float | str = 0.0,
     max_points: int = 2_000_000,
     title: str | None = None,
 ) -> tuple[Path, str]:
     """Side-by-side PNG of ground truth | prediction (| errors); returns (path, backend)."""
     colors = palette(len(class_names))
-    keep = np.ones(len(coord), bool)
-    if clip_top > 0:  # e.g. drop ceilings to see into rooms
-        z = coord[:, 2]
-        keep &= z <= z.max() - clip_top * (z.max() - z.min())
-    idx = np.flatnonzero(keep)
-    if len(idx) > max_points:
-        idx = np.sort(np.random.default_rng(0).choice(idx, max_points, replace=False))
+    idx, _ = select_points(coord, clip_top=clip_top, max_points=max_points)
     sets, titles = [], []
     for panel in panels:
         if panel in ("gt", "errors") and gt is None:
@@ -252,65 +288,11 @@ def render_comparison(
             sets.append(error_colors(pred[idx], gt[idx]))
         else:
             raise ValueError(f"unknown panel {panel!r}: use gt, pred, errors")
-        titles.append({"gt": "ground truth", "pred": "prediction", "errors": "errors (red)"}[panel])
+        titles.append(MODE_NAMES[panel])
     images, backend = render_views(coord[idx], sets, size=size, view=view, point_size=point_size)
     present = set(np.unique(pred[idx]).tolist()) | (set() if gt is None else set(gt[idx].tolist()))
     legend = [(n, colors[i]) for i, n in enumerate(class_names) if i in present]
     return compose(path, images, titles, legend, suptitle=title), backend
-
-
-def show(
-    coord: np.ndarray,
-    pred: np.ndarray,
-    gt: np.ndarray | None,
-    class_names: Sequence[str],
-    source_color: np.ndarray | None = None,
-) -> None:
-    """Interactive Open3D window; P/G/E/C switch prediction, truth, errors, scan colours."""
-    import os
-    import sys
-
-    if sys.platform.startswith("linux") and not (
-        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
-    ):  # Open3D would fall back to an invisible offscreen window and return at once
-        raise RuntimeError("no display (DISPLAY is not set): render headless with render=out.png")
-    import open3d as o3d
-
-    colors = palette(len(class_names))
-    modes = {"P": ("prediction", label_colors(pred, colors))}
-    if gt is not None:
-        modes["G"] = ("ground truth", label_colors(gt, colors))
-        modes["E"] = ("errors (red)", error_colors(pred, gt))
-    if source_color is not None:
-        modes["C"] = ("scan colours", (np.asarray(source_color) * 255).astype(np.uint8))
-    print("classes:")
-    for i, n in enumerate(class_names):
-        r, g, b = colors[i]
-        print(f"  \x1b[48;2;{r};{g};{b}m    \x1b[0m {i:3d} {n}")
-    print("keys: " + ", ".join(f"{k} {name}" for k, (name, _) in modes.items()) + ", Q quit")
-    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(coord.astype(np.float64)))
-    pcd.colors = o3d.utility.Vector3dVector(modes["P"][1] / 255.0)
-    vis = o3d.visualization.VisualizerWithKeyCallback()
-    if not vis.create_window("pointseg-viz: prediction", 1280, 800):
-        raise RuntimeError(
-            "cannot open a window (no display?); render headless with render=out.png"
-        )
-    vis.add_geometry(pcd)
-
-    def switch(key: str):
-        def callback(v: Any) -> bool:
-            name, cols = modes[key]
-            pcd.colors = o3d.utility.Vector3dVector(cols / 255.0)
-            v.update_geometry(pcd)
-            print(f"showing {name}")
-            return True
-
-        return callback
-
-    for key in modes:
-        vis.register_key_callback(ord(key), switch(key))
-    vis.run()
-    vis.destroy_window()
 
 
 def load_labels(path: str | Path, n: int) -> np.ndarray:
@@ -333,6 +315,26 @@ def load_labels(path: str | Path, n: int) -> np.ndarray:
 
 def _is_1d_npy(path: Path) -> bool:
     return np.load(path, mmap_mode="r").ndim == 1
+
+
+def _stored_class_names(inp: Path, source: str | None) -> list[str] | None:
+    """Class names kept next to predicted labels: the ``predict.json`` pointseg-predict writes
+    beside them (the checkpoint's classes), or a pointseg PLY given as ``source``."""
+    import json
+
+    from pointseg.io import read_ply_classes
+
+    summary = inp.parent / "predict.json"
+    if summary.is_file():
+        try:
+            names = json.loads(summary.read_text()).get("class_names")
+        except (OSError, ValueError, AttributeError):
+            names = None
+        if names:
+            return [str(n) for n in names]
+    if source and Path(source).suffix.lower() == ".ply":
+        return read_ply_classes(source)
+    return None
 
 
 def _load(cfg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str], Any]:
@@ -360,21 +362,35 @@ def _load(cfg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str
     elif source is not None and "segment" in source:
         gt = source["segment"]
     if names is None:
+        names = _stored_class_names(inp, cfg.get("source"))
+    if names is None:
         top = int(max(pred.max(), -1 if gt is None else gt.max())) + 1
         names = [f"class {i}" for i in range(top)]
+        log.warning("no class names found for %s: showing 'class 0..%d'; pass "
+                    "class_names=[name0,name1,...]", inp, top - 1)  # fmt: skip
     colors = None if source is None else source.get("color")
     return coord, pred, gt, names, colors
+
+
+def _clip(value: Any) -> float | str:
+    return "auto" if str(value) == "auto" else float(value)
 
 
 def visualize(cfg: Any) -> Path | None:
     coord, pred, gt, names, scan_colors = _load(cfg)
     if not cfg.get("render"):
-        show(coord, pred, gt, names, scan_colors)
+        from pointseg.viz_window import show
+
+        show(
+            coord, pred, gt, names, scan_colors, view=cfg.view, point_size=float(cfg.point_size),
+            clip_top=_clip(cfg.clip_top), max_points=int(cfg.max_points),
+            size=(int(cfg.width), int(cfg.height)),
+        )  # fmt: skip
         return None
     path, backend = render_comparison(
         cfg.render, coord, pred, gt, names, panels=list(cfg.panels),
         size=(int(cfg.width), int(cfg.height)), view=cfg.view, point_size=float(cfg.point_size),
-        clip_top=float(cfg.clip_top), max_points=int(cfg.max_points),
+        clip_top=_clip(cfg.clip_top), max_points=int(cfg.max_points),
     )  # fmt: skip
     print(f"wrote {path} ({backend} renderer)")
     return path
@@ -383,9 +399,13 @@ def visualize(cfg: Any) -> Path | None:
 def main() -> None:
     import hydra
 
+    from pointseg.guards import run_hydra  # --help, required options, quiet console
     from pointseg.utils import CONF_DIR
 
-    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="viz")(visualize)()
+    run_hydra(
+        hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="viz")(visualize),
+        "viz",
+    )
 
 
 if __name__ == "__main__":

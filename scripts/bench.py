@@ -9,8 +9,10 @@ Sections (``--only`` picks some):
              (ravelled key + np.unique), spconv's PointToVoxel and Open3D's voxel_down_sample
   dense      training step (forward + backward + optimizer step) of the sparse U-Net against the
              same network built from dense torch.nn.Conv3d on the same scene, in voxels/s
-  o3dml      training step of model=o3dml_plan on 4 synthetic rooms at 5 cm: pointseg's path
-             against spconv's own CPU kernels as shipped (its multi-threaded scatter included)
+  o3dml      training step of model=o3dml_plan on 4 synthetic rooms at 5 cm: the "pointseg"
+             sparse backend against the "spconv" backend (spconv's CPU path as shipped)
+  threads    spunet_small training step and eval forward at 1 thread and at the default thread
+             count, alone and next to one busy process, each in a fresh process
   inference  pointseg-predict end to end (read -> voxelize -> network -> write) on a generated
              LAZ scan, in points/s, with the peak RSS of the process
   scaling    step time against voxel count (10 k to 1 M voxels), log-log fit and plot
@@ -42,18 +44,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from torch import nn
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import pointseg  # noqa: E402, F401  first: its OpenMP wait policy must precede torch's import
+
+# isort: split
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 from pointseg.data.datasets.synthetic import SyntheticRooms  # noqa: E402
 from pointseg.data.voxelize import voxelize  # noqa: E402
 from pointseg.utils import atomic_write_text, reuse_freed_memory, write_json  # noqa: E402
 
-SECTIONS = ("voxelize", "dense", "o3dml", "inference", "scaling", "gpu")
+SECTIONS = ("voxelize", "dense", "o3dml", "threads", "inference", "scaling", "gpu")
 
 
 def log(msg: str) -> None:
@@ -330,8 +334,8 @@ def bench_dense(voxel_size: float, rooms: int) -> dict[str, Any]:
 
 
 def bench_o3dml(room_size: tuple[float, float], repeat: int) -> dict[str, Any]:
-    from pointseg.models import spconv_compat as compat
     from pointseg.models.o3dml_plan import O3DMLPlanUNet
+    from pointseg.sparse import use_backend
 
     feat, idx, points = room_batch(4, 0.05, room_size=room_size, channels=3)
     torch.manual_seed(0)
@@ -339,12 +343,12 @@ def bench_o3dml(room_size: tuple[float, float], repeat: int) -> dict[str, Any]:
     step = train_step_fn(net, feat, idx, 4, 5)
     log(f"o3dml_plan: {points:,} points, {len(idx):,} voxels")
     times: dict[str, list[float]] = {"pointseg": [], "spconv_shipped": []}
-    step()
+    for backend in ("pointseg", "spconv"):
+        with use_backend(backend):
+            step()  # warm-up
     for _ in range(repeat):  # interleaved, so both see the same machine load
         for name in times:
-            with (
-                compat.spconv_as_shipped() if name == "spconv_shipped" else contextlib.nullcontext()
-            ):
+            with use_backend("spconv" if name == "spconv_shipped" else "pointseg"):
                 times[name].append(timed(step, 1, warmup=0)[0])
     ours, plain = min(times["pointseg"]), min(times["spconv_shipped"])
     # per-round ratios: each pair ran back to back, so their median resists load changes
@@ -360,6 +364,83 @@ def bench_o3dml(room_size: tuple[float, float], repeat: int) -> dict[str, Any]:
         "all_times_s": {k: [round(t, 3) for t in v] for k, v in times.items()},
         "target_step_s": 1.0,
     }
+
+
+# ---------------------------------------------------------------- threads under contention
+
+# A worker process: pointseg is imported before torch, as in the console scripts, so its
+# OpenMP wait policy applies; it prints the median seconds of a training step or an eval-mode
+# forward of spunet_small on 2 rooms at 5 cm.
+_THREAD_WORKER = """
+import sys, statistics, time
+import pointseg, torch
+from pointseg.threads import set_threads
+set_threads(int(sys.argv[2]) or None)
+sys.path.insert(0, sys.argv[4])
+from bench import room_batch, train_step_fn
+from pointseg.models.sparse_unet import spunet_small
+feat, idx, _ = room_batch(2, 0.05)
+torch.manual_seed(0)
+net = spunet_small(4, 9)
+if sys.argv[1] == "step":
+    fn = train_step_fn(net, feat, idx, 2, 9)
+else:
+    net.eval()
+    def fn():
+        with torch.inference_mode():
+            net(feat, idx, 2)
+fn()
+times = []
+for _ in range(int(sys.argv[3])):
+    t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
+print(statistics.median(times), len(idx))
+"""
+
+
+def _thread_run(kind: str, threads: int, repeat: int) -> tuple[float, int]:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME")}
+    argv = [sys.executable, "-c", _THREAD_WORKER, kind, str(threads), str(repeat)]
+    out = subprocess.run([*argv, str(ROOT / "scripts")], env=env, check=True,
+                         capture_output=True, text=True).stdout.split()  # fmt: skip
+    return float(out[0]), int(out[1])
+
+
+def bench_threads(rounds: int, repeat: int) -> dict[str, Any]:
+    """Training step and eval forward at 1 thread and at pointseg's default (0: the CPUs
+    available), alone and next to one busy process (``python -c "while True: pass"``), each
+    in a fresh process; rounds interleave every configuration."""
+    from pointseg.threads import available_cpus
+
+    times: dict[str, list[float]] = {}
+    voxels = 0
+    for _ in range(rounds):
+        for busy in (False, True):
+            competitor = (
+                subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+            )
+            try:
+                for kind in ("step", "predict"):
+                    for threads in (1, 0):
+                        t, voxels = _thread_run(kind, threads, repeat)
+                        times.setdefault(f"{kind}/{threads or 'default'}/{busy:d}", []).append(t)
+                        log(f"threads: {kind} threads={threads or 'default'} busy={busy}: {t:.3f}s")
+            finally:
+                if competitor is not None:
+                    competitor.kill()
+                    competitor.wait()
+    med = {k: round(float(np.median(v)), 3) for k, v in times.items()}
+    ratios = {}
+    for kind in ("step", "predict"):
+        for th in ("1", "default"):
+            ratios[f"{kind}/{th}: busy / alone"] = round(
+                med[f"{kind}/{th}/1"] / med[f"{kind}/{th}/0"], 2
+            )
+        for busy in ("0", "1"):
+            ratios[f"{kind}/busy={busy}: default / 1 thread"] = round(
+                med[f"{kind}/default/{busy}"] / med[f"{kind}/1/{busy}"], 2
+            )
+    return {"default_threads": available_cpus(), "voxels": voxels, "median_s": med,
+            "ratios": ratios, "all_times_s": times}  # fmt: skip
 
 
 # ---------------------------------------------------------------- c. inference end to end
@@ -844,6 +925,20 @@ def markdown(res: dict[str, Any]) -> str:
             f"{o['median_round_speedup']}x | <= {o['target_step_s']} s |",
             "",
         ]
+    if "threads" in res:
+        t = res["threads"]
+        lines += [
+            f"## Threads ({t['voxels']:,} voxels; default = {t['default_threads']} threads)",
+            "",
+            "| figure | ratio |",
+            "|---|---|",
+            *[f"| {k} | {v}x |" for k, v in t["ratios"].items()],
+            "",
+            "| configuration (kind/threads/busy) | median s |",
+            "|---|---|",
+            *[f"| {k} | {v} |" for k, v in t["median_s"].items()],
+            "",
+        ]
     if "inference" in res:
         i = res["inference"]
         lines += [
@@ -988,6 +1083,8 @@ def main() -> None:
         res["dense"] = bench_dense(0.1 if q else 0.08, 1 if q else 2)
     if "o3dml" in only:
         res["o3dml"] = bench_o3dml((2.8, 5.6), 3 if q else 8)
+    if "threads" in only:
+        res["threads"] = bench_threads(1 if q else 2, 3 if q else 5)
     if "inference" in only:
         with tempfile.TemporaryDirectory(prefix="pointseg-bench-") as tmp:
             ckpt = Path(args.ckpt).resolve() if args.ckpt else None

@@ -47,6 +47,7 @@ def write_big(
     header.offsets = np.array(offset, dtype=np.float64)
     rng = np.random.default_rng(seed)
     written, k, t0 = 0, 0, time.perf_counter()
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with laspy.open(tmp, mode="w", header=header, do_compress=path.suffix == ".laz") as w:
         while written < points:

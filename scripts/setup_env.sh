@@ -4,8 +4,9 @@
 #   2. the virtual environment
 #   3. torch, pinned (the pinned CPU/CUDA wheel; an unpinned torch may pull a multi-GB build)
 #   4. spconv: the CPU wheel, or spconv-cu126 when nvidia-smi sees a GPU
-#      (override with SPCONV_VARIANT=spconv|spconv-cu120|spconv-cu126; never both at once)
-#   5. pointseg itself, editable, with the dev extras
+#      (override with SPCONV_VARIANT=spconv|spconv-cu118|spconv-cu121|spconv-cu124|spconv-cu126,
+#      the variants with 2.3.8 wheels; never two at once)
+#   5. pointseg itself, editable, with the dev extras (its torch range keeps the torch of step 3)
 set -euo pipefail
 
 PYTHON=${PYTHON:-python3.11}
@@ -71,7 +72,8 @@ if [ "$(version_of "$SPCONV_VARIANT")" != "$SPCONV_VERSION" ]; then
   $PIP install -q "$SPCONV_VARIANT==$SPCONV_VERSION"
 fi
 
-# 5. pointseg (editable: the Hydra configs in conf/ are read from the checkout)
+# 5. pointseg (editable: the Hydra configs in conf/ are read from the checkout; a wheel,
+#    `pip install .`, carries them as pointseg/conf)
 stamp="$VENV/.pointseg-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! installed pointseg; then
   say "installing pointseg[dev] (editable)"

@@ -26,9 +26,9 @@ from pointseg.guards import (
     added_key_warnings,
     key_hints,
 )
-from pointseg.inference import Predictor
 from pointseg.io import MissingFeatureError, PointFileError, read_points
 from pointseg.predict import predict
+from pointseg.segmenter import Segmenter
 from tests.conftest import CONF_DIR, compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,7 +198,7 @@ def test_some_coordinates_nonfinite_predict_drops_and_counts(
         predict(_predict_cfg(ckpt, path, tmp_path / "o2", "nonfinite=error"))
     with pytest.raises(ValueError, match=r"3 point\(s\) with NaN/Inf coordinates \(first at row 3"):
         voxelize(xyz, voxel_size=0.1)
-    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+    predictor = Segmenter.from_checkpoint(ckpt, device="cpu")
     with pytest.raises(ValueError, match="nonfinite='drop'"):
         predictor.predict({"coord": xyz.astype(np.float32), "color": np.ones((N, 3), np.float32)})
     with pytest.raises(ValueError, match="NaN/Inf"):
@@ -268,7 +268,7 @@ def test_array_lengths_differ(ckpt: Path, tmp_path: Path) -> None:
         Voxelize(voxel_size=0.1, feat_keys=("color",))(
             {"coord": coord, "color": np.ones((50, 3), np.float32), "segment": np.zeros(49, int)}
         )
-    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+    predictor = Segmenter.from_checkpoint(ckpt, device="cpu")
     with pytest.raises(ValueError, match="feature 'color' has 40 rows but coord has 50 points"):
         predictor.predict({"coord": coord, "color": np.ones((40, 3), np.float32)})
     np.savez(tmp_path / "odd.npz", coord=coord, color=np.ones((45, 3), np.float32))

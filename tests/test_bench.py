@@ -24,7 +24,9 @@ def test_voxelize_row_times_every_peer(bench) -> None:
     for name in ("pointseg", "numpy", "spconv"):
         assert row[f"{name}_s"] > 0 and row[f"{name}_mpts"] > 0
     peers = [row[f"{k}_mpts"] for k in ("numpy", "spconv", "open3d") if f"{k}_mpts" in row]
-    assert row["speedup_vs_fastest_peer"] == pytest.approx(row["pointseg_mpts"] / max(peers), 0.02)
+    # both sides are rounded to 2 decimals in the row: allow that much besides 2 %
+    expected = row["pointseg_mpts"] / max(peers)
+    assert row["speedup_vs_fastest_peer"] == pytest.approx(expected, rel=0.02, abs=0.006)
 
 
 def test_dense_network_mirrors_the_sparse_plan(bench) -> None:

@@ -13,9 +13,8 @@ from torch import nn
 
 from pointseg.data.datasets.synthetic import SyntheticRooms
 from pointseg.data.voxelize import voxelize
-from pointseg.models import gather_conv
-from pointseg.models import spconv_compat as compat
 from pointseg.models.sparse_unet import spunet_small
+from pointseg.sparse import gather_conv
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -30,20 +29,25 @@ def _scene(seed: int = 0, voxel_size: float = 0.05) -> tuple[torch.Tensor, torch
     return torch.from_numpy(np.ascontiguousarray(v.features)), torch.from_numpy(idx)
 
 
-def test_cuda_convs_use_implicit_gemm_and_switch_to_native_on_cpu_tensors() -> None:
-    assert compat.default_algo() is None  # spconv picks its implicit-GEMM kernels
+def test_cuda_convs_use_implicit_gemm_and_the_same_model_runs_on_cpu_tensors() -> None:
+    from spconv.pytorch.core import ImplicitGemmIndiceData, IndiceData
+
+    from pointseg.sparse import sparse_tensor
+    from pointseg.sparse.rulebook import Rulebook
+
     net = spunet_small(4, 9).cuda().eval()
-    # every conv but the 5x5x5 stem (125 offsets: spconv's Native path)
-    convs = [m for m in net.modules() if hasattr(m, "algo") and m is not net.stem.conv]
-    assert convs and {m.algo for m in convs} == {compat.ConvAlgo.MaskImplicitGemm}
-    assert net.stem.conv.algo == compat.ConvAlgo.Native
     feat, idx = _scene()
+    x = sparse_tensor(feat.cuda(), idx.cuda(), 1, levels=4)
+    out = net.encoders[0](net.stem(x))
+    # the 5x5x5 stem (125 offsets) on Native pairs (gather_conv), the rest on implicit GEMM
+    assert isinstance(out.indice_dict["stem"], IndiceData)
+    assert isinstance(out.indice_dict["down1"], ImplicitGemmIndiceData)
+    cpu_out = net.cpu().encoders[0](net.stem(sparse_tensor(feat, idx, 1, levels=4)))
+    assert isinstance(cpu_out.indice_dict["down1"], Rulebook)
     with torch.no_grad():
-        on_gpu = net(feat.cuda(), idx.cuda(), 1).cpu()
-        on_cpu = net.cpu()(feat, idx, 1)  # implicit GEMM is CUDA-only: Native here
-        assert {m.algo for m in convs} == {compat.ConvAlgo.Native}
+        on_gpu = net.cuda()(feat.cuda(), idx.cuda(), 1).cpu()
+        on_cpu = net.cpu()(feat, idx, 1)
         again = net.cuda()(feat.cuda(), idx.cuda(), 1).cpu()
-    assert {m.algo for m in convs} == {compat.ConvAlgo.MaskImplicitGemm}
     torch.testing.assert_close(on_cpu, on_gpu, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(again, on_gpu)
 
@@ -110,7 +114,7 @@ def test_amp_training_steps_are_finite_and_close_to_fp32(dtype: torch.dtype) -> 
 
 
 def test_lightning_trains_on_gpu_with_amp_and_predicts_on_cpu(compose_cfg, tmp_path: Path) -> None:
-    from pointseg.inference import Predictor
+    from pointseg.segmenter import Segmenter
     from pointseg.train import train
 
     cfg = compose_cfg("train", [*TINY, "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1"])
@@ -120,8 +124,8 @@ def test_lightning_trains_on_gpu_with_amp_and_predicts_on_cpu(compose_cfg, tmp_p
 
     # a checkpoint written on the GPU loads on either device and gives the same labels
     s = SyntheticRooms("val", num_scenes=1, seed=0)[0]
-    on_cpu = Predictor.from_checkpoint(result["best_ckpt"], device="cpu")
-    on_gpu = Predictor.from_checkpoint(result["best_ckpt"], device="cuda")
+    on_cpu = Segmenter.from_checkpoint(result["best_ckpt"], device="cpu")
+    on_gpu = Segmenter.from_checkpoint(result["best_ckpt"], device="cuda")
     assert on_gpu.device.type == "cuda"
     sample = {"coord": s["coord"], "color": s["color"]}
     a, b = on_cpu.predict(sample), on_gpu.predict(sample)

@@ -5,29 +5,28 @@ it is checked here on the CPU; ``tests/test_cuda.py`` covers the CUDA dispatch."
 import pytest
 import torch
 
-from pointseg.models import cpu_conv, gather_conv
-from pointseg.models import spconv_compat as compat
-from tests.test_rulebook import scene, spconv_pairs
+from pointseg.sparse import cpu_conv, gather_conv
+from pointseg.sparse.tensor import spatial_shape_for
+from tests.test_rulebook import as_rulebook, scene, spconv_pairs
 
 
 @pytest.mark.parametrize("k", [3, 5])
 def test_forward_and_gradients_equal_the_offset_loop(k: int) -> None:
     ind = scene(2, batch=2, size=14, density=0.3)
-    shape = compat.spatial_shape_for(ind, 2)
+    shape = spatial_shape_for(ind, 2)
     _, pairs, counts = spconv_pairs(ind, 2, shape, subm=True, k=k)
+    rb = as_rulebook(ind, ind, pairs, counts, subm=True, k=k)
     gen = torch.Generator().manual_seed(0)
     n, c_in, c_out = ind.shape[0], 4, 8
     feat = torch.randn(n, c_in, generator=gen, dtype=torch.float64)
     filters = torch.randn(c_out, k, k, k, c_in, generator=gen, dtype=torch.float64)
     grad_out = torch.randn(n, c_out, generator=gen, dtype=torch.float64)
 
-    want = cpu_conv.conv_forward(feat, filters, pairs, counts, n, inverse=False, subm=True)
+    want = cpu_conv.conv_forward(feat, filters, rb, inverse=False)
     got = gather_conv.forward(feat, filters, pairs, counts)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
-    want_in, want_w = cpu_conv.conv_backward(
-        feat, filters, grad_out, pairs, counts, inverse=False, subm=True
-    )
+    want_in, want_w = cpu_conv.conv_backward(feat, filters, grad_out, rb, inverse=False)
     got_in, got_w = gather_conv.backward(feat, filters, grad_out, pairs, counts)
     torch.testing.assert_close(got_w, want_w, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(got_in, want_in, rtol=1e-12, atol=1e-12)
@@ -37,7 +36,7 @@ def test_forward_and_gradients_equal_the_offset_loop(k: int) -> None:
 
 def test_neighbour_map_lists_each_pair_once_and_the_centre_as_identity() -> None:
     ind = scene(3, batch=1, size=10, density=0.3)
-    _, pairs, counts = spconv_pairs(ind, 1, compat.spatial_shape_for(ind, 1), subm=True, k=3)
+    _, pairs, counts = spconv_pairs(ind, 1, spatial_shape_for(ind, 1), subm=True, k=3)
     n = ind.shape[0]
     nbr = gather_conv.neighbour_map(pairs, counts, n)
     assert nbr.shape == (n, 27) and torch.equal(nbr[:, 13], torch.arange(n))

@@ -11,14 +11,10 @@ import torch
 from pointseg.data.collate import collate
 from pointseg.data.datasets.synthetic import generate_room, scene_seed
 from pointseg.data.transforms import AddHeight, Voxelize
-from pointseg.inference import (
-    InferenceOptions,
-    Predictor,
-    _transform,
-    plan_blocks,
-    voxelize_scene,
-)
+from pointseg.data.voxelize import voxelize_chunked as voxelize_scene
+from pointseg.inference import InferenceOptions, _transform, plan_blocks
 from pointseg.models.sparse_unet import spunet_small
+from pointseg.segmenter import FeatureRecipe, Segmenter
 
 FEATS = ["color", "height"]
 
@@ -45,10 +41,14 @@ def net(room) -> torch.nn.Module:
     return net.eval()
 
 
-def _predictor(net: torch.nn.Module, **options) -> Predictor:
-    return Predictor(net, pre_transform=AddHeight(), voxel_size=0.1, feat_keys=FEATS,
-                     class_names=[str(i) for i in range(9)],
-                     options=InferenceOptions(**options))  # fmt: skip
+def _predictor(net: torch.nn.Module, **options) -> Segmenter:
+    recipe = FeatureRecipe(
+        class_names=tuple(str(i) for i in range(9)),
+        feat_keys=tuple(FEATS),
+        voxel_size=0.1,
+        transforms=({"_target_": "pointseg.data.transforms.AddHeight"},),
+    )
+    return Segmenter(net, recipe, options=InferenceOptions(**options))
 
 
 def test_scene_voxels_match_the_training_voxelizer(room) -> None:
@@ -195,10 +195,10 @@ def test_trained_model_blocks_agree_and_tta_does_not_hurt(tmp_path: Path) -> Non
     from pointseg.data.datasets.synthetic import SyntheticRooms
 
     val = SyntheticRooms("val", num_scenes=4)
-    one = Predictor.from_checkpoint(ckpt, device="cpu")
-    blocks = Predictor.from_checkpoint(ckpt, device="cpu", options=InferenceOptions(
+    one = Segmenter.from_checkpoint(ckpt, device="cpu")
+    blocks = Segmenter.from_checkpoint(ckpt, device="cpu", options=InferenceOptions(
         block_size=3.0, overlap=3.0, single_pass_max_voxels=0))  # fmt: skip
-    tta = Predictor.from_checkpoint(ckpt, device="cpu", options=InferenceOptions(tta=True))
+    tta = Segmenter.from_checkpoint(ckpt, device="cpu", options=InferenceOptions(tta=True))
     cms, agree, total = {"one": 0, "tta": 0}, 0, 0
     for i in range(len(val)):
         scene = val[i]

@@ -150,7 +150,10 @@ def test_same_stem_twice_is_refused(ckpt: Path, scans: dict, tmp_path: Path) -> 
 def test_class_codes() -> None:
     asprs = class_codes(["ground", "low_vegetation", "building", "other"], "auto")
     np.testing.assert_array_equal(asprs, [2, 3, 6, 1])
-    np.testing.assert_array_equal(class_codes(["floor", "wall"], "auto"), [0, 1])
+    # classes that are no ASPRS class get user-definable codes (64+), never a standard code
+    np.testing.assert_array_equal(class_codes(["floor", "wall"], "auto"), [64, 65])
+    np.testing.assert_array_equal(class_codes(["ceiling", "ground", "wall"], "auto"), [64, 2, 65])
+    np.testing.assert_array_equal(class_codes(["floor", "wall"], "index"), [0, 1])
     np.testing.assert_array_equal(class_codes(["floor", "wall"], {"floor": 2, "wall": 6}), [2, 6])
     np.testing.assert_array_equal(class_codes(["a", "b"], [7, 9]), [7, 9])
     with pytest.raises(ValueError, match=r"no code for class\(es\) \['wall'\]"):

@@ -11,8 +11,9 @@ from plyfile import PlyData, PlyElement
 import pointseg.prepare
 from pointseg.data.datasets.scannet_meta import CLASS_NAMES_200, SPLITS_DIR, VALID_IDS_200
 from pointseg.data.scenes import read_scene
+from pointseg.io.mesh import vertex_normals
 from pointseg.prepare.common import PrepareError
-from pointseg.prepare.scannet import prepare, vertex_normals
+from pointseg.prepare.scannet import prepare
 from tests.conftest import TINY_MODEL
 
 # raw category -> nyu40 id, as in scannetv2-labels.combined.tsv; expected 20-class label by name

@@ -7,9 +7,10 @@ import spconv.pytorch.ops
 import torch
 from spconv.core import ConvAlgo
 
-from pointseg.models import cpu_conv, rulebook
-from pointseg.models import spconv_compat as compat
 from pointseg.models.o3dml_plan import O3DMLPlanUNet
+from pointseg.sparse import allow_cpu_backward, cpu_conv, rulebook, use_backend
+from pointseg.sparse.rulebook import Rulebook
+from pointseg.sparse.tensor import spatial_shape_for
 
 NATIVE = ConvAlgo.Native
 
@@ -23,11 +24,16 @@ def scene(seed: int, batch: int = 2, size: int = 16, density: float = 0.2):
 
 
 def spconv_pairs(ind, batch, shape, *, subm, k=3):
-    """spconv's own builder (the original, never pointseg's)."""
+    """spconv's own builder."""
     stride, pad = ([1] * 3, [k // 2] * 3) if subm else ([k] * 3, [0] * 3)
-    return compat._ORIGINAL_GET_PAIRS(
+    return spconv.pytorch.ops.get_indice_pairs(
         ind, batch, shape, NATIVE, [k] * 3, stride, pad, [1] * 3, [0] * 3, subm, False, -1
     )
+
+
+def as_rulebook(ind, out_ind, pairs, counts, *, subm, k) -> Rulebook:
+    """A ``Rulebook`` around spconv's pairs (for pointseg's kernels)."""
+    return Rulebook(ind, out_ind, pairs, counts, [], [], subm, [k] * 3, [1 if subm else k] * 3)
 
 
 def pair_set(pairs, counts, k, out_key=None, n=None):
@@ -49,7 +55,7 @@ def coord_key(ind):
 def test_subm_pairs_equal_spconv(k: int, table: str, monkeypatch) -> None:
     ind = scene(0, batch=3)
     ind = ind[ind[:, 0] != 1]  # an empty sample in the middle of the batch
-    shape = compat.spatial_shape_for(ind, 2)
+    shape = spatial_shape_for(ind, 2)
     if table == "per_sample":  # room for one sample's table, not for the batch's
         cells = 1
         for d in rulebook.subm_table_dims(ind, [k] * 3):
@@ -76,7 +82,7 @@ def test_subm_pairs_equal_spconv(k: int, table: str, monkeypatch) -> None:
 
 def test_strided_pairs_equal_spconv_up_to_output_order() -> None:
     ind = scene(1)
-    shape = compat.spatial_shape_for(ind, 3)
+    shape = spatial_shape_for(ind, 3)
     want_out, want, want_n = spconv_pairs(ind, 2, shape, subm=False, k=2)
     got_out, got, got_n = rulebook.strided_pairs(ind, 2, shape, [2] * 3)
     assert got_out.dtype == torch.int32 and got_out.shape == want_out.shape
@@ -91,7 +97,7 @@ def test_strided_pairs_equal_spconv_up_to_output_order() -> None:
     # The unique path (a grid too large for the table) numbers the outputs the same way.
     big = ind.clone()
     big[:, 1] *= 50_000  # x spread far apart: the lookup table would not fit
-    big_shape = compat.spatial_shape_for(big, 1)
+    big_shape = spatial_shape_for(big, 1)
     assert not rulebook.lookup_fits(big.shape[0], 2, [s // 2 for s in big_shape])
     out_b, pairs_b, n_b = rulebook.strided_pairs(big, 2, big_shape, [2] * 3)
     ref_out, ref, ref_n = spconv_pairs(big, 2, big_shape, subm=False, k=2)
@@ -111,7 +117,7 @@ def test_conv_loop_equals_spconv_bit_for_bit(subm: bool, block_bytes: int, monke
     monkeypatch.setattr(cpu_conv, "BLOCK_BYTES", block_bytes)
     before = torch.get_num_threads()
     ind = scene(2, size=32)
-    shape = compat.spatial_shape_for(ind, 2)
+    shape = spatial_shape_for(ind, 2)
     out_ind, pairs, counts = spconv_pairs(ind, 2, shape, subm=subm, k=3 if subm else 2)
     gen = torch.Generator().manual_seed(0)
     k = 3 if subm else 2
@@ -121,7 +127,8 @@ def test_conv_loop_equals_spconv_bit_for_bit(subm: bool, block_bytes: int, monke
     g = torch.randn(n_out, 16, generator=gen)
     try:
         torch.set_num_threads(1)  # spconv's own scatter is only correct on one thread
-        with compat.spconv_as_shipped():
+        allow_cpu_backward()
+        if True:
             want_y = spconv.pytorch.ops.indice_conv(x, w, pairs, counts, n_out, False, subm)
             want_dx, want_dw = spconv.pytorch.ops.indice_conv_backward(
                 x, w, g, pairs, counts, False, subm
@@ -131,12 +138,11 @@ def test_conv_loop_equals_spconv_bit_for_bit(subm: bool, block_bytes: int, monke
                 g, w_inv, pairs, counts, x.shape[0], True, subm
             )
         torch.set_num_threads(max(2, before))
-        y = cpu_conv.conv_forward(x, w, pairs, counts, n_out, inverse=False, subm=subm)
-        dx, dw = cpu_conv.conv_backward(x, w, g, pairs, counts, inverse=False, subm=subm)
-        inv = cpu_conv.conv_forward(g, w_inv, pairs, counts, x.shape[0], inverse=True, subm=subm)
-        none, dw2 = cpu_conv.conv_backward(
-            x, w, g, pairs, counts, inverse=False, subm=subm, input_grad=False
-        )
+        rb = as_rulebook(ind, out_ind, pairs, counts, subm=subm, k=k)
+        y = cpu_conv.conv_forward(x, w, rb, inverse=False)
+        dx, dw = cpu_conv.conv_backward(x, w, g, rb, inverse=False)
+        inv = cpu_conv.conv_forward(g, w_inv, rb, inverse=True)
+        none, dw2 = cpu_conv.conv_backward(x, w, g, rb, inverse=False, input_grad=False)
     finally:
         torch.set_num_threads(before)
     assert int(counts.max()) > 1024  # more than one block per offset with 4096-byte blocks
@@ -149,7 +155,7 @@ def test_conv_loop_equals_spconv_bit_for_bit(subm: bool, block_bytes: int, monke
     assert none is None
 
 
-def test_patched_path_is_used_and_matches_spconv_through_a_network() -> None:
+def test_pointseg_backend_is_used_and_matches_spconv_through_a_network() -> None:
     """A whole o3dml_plan network, forward and backward, on pointseg's path and on spconv's.
 
     BatchNorm runs in eval mode: in training mode its batch sums would see the coarse rows in
@@ -189,7 +195,7 @@ def test_patched_path_is_used_and_matches_spconv_through_a_network() -> None:
         out = net(feat, ind, 2)
         torch.nn.functional.cross_entropy(out, labels).backward()
         torch.set_num_threads(1)
-        with compat.spconv_as_shipped():
+        with use_backend("spconv"):
             want = ref(feat, ind, 2)
             torch.nn.functional.cross_entropy(want, labels).backward()
     finally:
@@ -206,7 +212,7 @@ def test_patched_path_is_used_and_matches_spconv_through_a_network() -> None:
 
 def test_large_sparse_grid_falls_back_to_spconv(monkeypatch) -> None:
     ind = scene(4)
-    shape = compat.spatial_shape_for(ind, 0)
+    shape = spatial_shape_for(ind, 0)
     monkeypatch.setattr(rulebook, "LOOKUP_MIN_CELLS", 0)
     monkeypatch.setattr(rulebook, "LOOKUP_CELLS_PER_VOXEL", 0)
 
@@ -214,8 +220,7 @@ def test_large_sparse_grid_falls_back_to_spconv(monkeypatch) -> None:
         raise AssertionError("the lookup-table builder ran although the table does not fit")
 
     monkeypatch.setattr(rulebook, "subm_pairs", refuse)
-    out, pairs, counts = spconv.pytorch.ops.get_indice_pairs(
-        ind, 2, shape, NATIVE, [3] * 3, [1] * 3, [1] * 3, [1] * 3, [0] * 3, True, False, -1
-    )
+    geometry = {"ksize": [3] * 3, "stride": [1] * 3, "padding": [1] * 3, "dilation": [1] * 3}
+    rb = rulebook.build(ind, 2, shape, subm=True, **geometry)
     _, want, want_n = spconv_pairs(ind, 2, shape, subm=True)
-    assert torch.equal(counts, want_n) and torch.equal(pairs, want)
+    assert torch.equal(rb.indice_pair_num, want_n) and torch.equal(rb.indice_pairs, want)

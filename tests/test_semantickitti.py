@@ -203,10 +203,18 @@ def test_submission_round_trip(tmp_path: Path) -> None:
         write_submission(np.zeros(3), out)
     with pytest.raises(ValueError, match="scan has 4 points"):
         write_submission(np.zeros(3, dtype=np.int64), out, num_points=4)
-    with pytest.raises(SystemExit, match="unknown argument 'chekpoint=x'"):
-        submit_main(["chekpoint=x"])
-    with pytest.raises(SystemExit, match=r"missing \['root', 'out'\]"):
-        submit_main(["ckpt=x"])
+
+
+def test_submit_command_line(monkeypatch, capsys, tmp_path: Path) -> None:
+    """pointseg-submit: Hydra's command-line style, one line for a missing option."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["pointseg-submit", "ckpt_path=x"])
+    with pytest.raises(SystemExit) as stop:
+        submit_main()
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "root" in err and "output" in err and "Traceback" not in err
+    assert not (tmp_path / "logs").exists()  # nothing written for a refused command
 
 
 def test_experiment_trains_one_epoch(compose_cfg, tmp_path: Path) -> None:

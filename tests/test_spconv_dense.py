@@ -1,27 +1,30 @@
-"""spconv's sparse convs against dense torch references: forward, input and weight gradients.
+"""pointseg's sparse convs (both backends) against dense torch references: forward, input and
+weight gradients.
 
 The sparse features are scattered into a dense (B, C, X, Y, Z) grid (zeros elsewhere) and run
 through ``conv3d`` / ``conv_transpose3d`` with the spconv weight ``[out, kD, kH, kW, in]``
 permuted to torch's layout; outputs are read back at the sparse output sites. Run with at least
-two threads so the CPU scatter-add race (patched in ``spconv_compat``) would show up.
+two threads, so a scatter-add race would show up (the default backend; spconv's own races,
+so it runs on one thread here).
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pointseg.models import spconv_compat as compat
 from pointseg.models.blocks import inverse_conv3d, strided_conv3d, subm_conv3d
+from pointseg.sparse import sparse_tensor, use_backend
 
 B, S, C_IN, C_OUT = 2, 10, 3, 4
 TOL = {"atol": 1e-4, "rtol": 1e-4}
 
 
-@pytest.fixture(autouse=True)
-def two_threads():
+@pytest.fixture(autouse=True, params=["pointseg", "spconv"])
+def backend(request):
     before = torch.get_num_threads()
-    torch.set_num_threads(max(2, before))
-    yield
+    torch.set_num_threads(max(2, before) if request.param == "pointseg" else 1)
+    with use_backend(request.param):
+        yield request.param
     torch.set_num_threads(before)
 
 
@@ -55,7 +58,7 @@ def test_subm_conv_matches_dense_conv3d(kernel: int) -> None:
     ind = random_sites(1)
     feat = torch.randn(ind.shape[0], C_IN, requires_grad=True)
     conv = subm_conv3d(C_IN, C_OUT, kernel, indice_key="subm")
-    out = conv(compat.sparse_tensor(feat, ind, B, levels=0))
+    out = conv(sparse_tensor(feat, ind, B, levels=0))
     assert torch.equal(out.indices, ind)  # submanifold: same sites, same row order
     weight = conv.weight.permute(0, 4, 1, 2, 3)  # (out, in, kD, kH, kW)
     ref = at_sites(F.conv3d(to_dense(feat, ind, S), weight, padding=kernel // 2), ind)
@@ -74,7 +77,7 @@ def test_strided_conv_matches_dense_conv3d() -> None:
     ind = random_sites(2)
     feat = torch.randn(ind.shape[0], C_IN, requires_grad=True)
     conv = strided_conv3d(C_IN, C_OUT, indice_key="down1")
-    out = conv(compat.sparse_tensor(feat, ind, B, levels=1))
+    out = conv(sparse_tensor(feat, ind, B, levels=1))
     # Output sites: exactly the parents floor(site / 2) of the input sites, once each.
     parents = torch.cat([ind[:, :1], ind[:, 1:] // 2], dim=1).unique(dim=0)
     assert torch.equal(out.indices.unique(dim=0), parents)
@@ -95,7 +98,7 @@ def test_strided_conv_matches_dense_conv3d() -> None:
 def test_inverse_conv_matches_dense_conv_transpose3d() -> None:
     torch.manual_seed(0)
     ind = random_sites(3)
-    x = compat.sparse_tensor(torch.randn(ind.shape[0], C_IN), ind, B, levels=1)
+    x = sparse_tensor(torch.randn(ind.shape[0], C_IN), ind, B, levels=1)
     coarse = strided_conv3d(C_IN, C_OUT, indice_key="down1")(x)
     feat = torch.randn(coarse.indices.shape[0], C_OUT, requires_grad=True)  # (M_coarse, C_OUT)
     conv = inverse_conv3d(C_OUT, C_IN, indice_key="down1")

@@ -40,12 +40,27 @@ def test_short_run_writes_checkpoints_metrics_and_resumes(compose_cfg, tmp_path:
     # resume from last.ckpt: training continues to the new max_epochs
     last = str(run_dir / "checkpoints" / "last.ckpt")
     first = torch.load(last, map_location="cpu", weights_only=False)
-    cfg2 = compose_cfg("train", [*common, "trainer.max_epochs=3", f"ckpt_path={last}"])
+    longer = ["trainer.max_epochs=3", f"ckpt_path={last}"]
+    cfg2 = compose_cfg("train", [*common, *longer])
     cfg2.paths.output_dir = str(tmp_path / "run2")
-    train(cfg2)
-    resumed = torch.load(tmp_path / "run2" / "checkpoints" / "last.ckpt", weights_only=False)
+    train(cfg2, overrides=longer)
+    assert not (tmp_path / "run2" / "checkpoints").exists()  # the run goes on in its folder
+    resumed = torch.load(last, map_location="cpu", weights_only=False)
     assert first["epoch"] == 1 and resumed["epoch"] == 2
     assert resumed["global_step"] == first["global_step"] // 2 * 3
+
+
+def test_fewer_scenes_than_a_batch_and_no_scheduled_validation(compose_cfg, caplog) -> None:
+    # 2 scenes < batch_size 4 (the incomplete batch is kept); 1 epoch < check_val_every 4
+    small = ["data.train_dataset.num_scenes=2", "data.val_dataset.num_scenes=1"]
+    small += ["trainer.max_epochs=1", "logger=none", "model.net.stem_channels=8"]
+    small += ["model.net.channels=[8,8,8,8,8,8,8,8]", "data.voxel_size=0.16"]
+    cfg = compose_cfg("train", small)
+    assert cfg.data.batch_size == 4 and cfg.trainer.check_val_every_n_epoch == 4
+    result = train(cfg)
+    assert Path(result["best_ckpt"]).is_file() and 0.0 <= result["val/miou"] <= 1.0
+    assert "fewer than data.batch_size=4" in caplog.text
+    assert "validating only after the last epoch" in caplog.text
 
 
 def test_eval_rebuilds_model_from_checkpoint(compose_cfg, tmp_path: Path) -> None:

@@ -6,7 +6,9 @@ own shard; the metrics all-reduce their confusion matrices.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from pointseg.data.collate import collate
 from pointseg.data.transforms import Compose
 
 DatasetFactory = Callable[..., Dataset]
+log = logging.getLogger(__name__)
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
@@ -52,6 +55,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         val_batch_size: int | None = None,
         num_workers: int = 0,
         feat_keys: Sequence[str] = ("color",),
+        feature_widths: Mapping[str, int] | None = None,  # what in_channels was derived from
     ) -> None:
         super().__init__()
         if len(class_names) != num_classes:
@@ -106,7 +110,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         if stage == "test":
             self.dataset("test")
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(
+        self, split: str, batch_size: int, shuffle: bool, drop_last: bool = False
+    ) -> DataLoader:
         ds = self.dataset(split)
         sampler = None
         if not shuffle and dist.is_available() and dist.is_initialized():
@@ -116,14 +122,26 @@ class SegmentationDataModule(pl.LightningDataModule):
             batch_size=batch_size,
             shuffle=shuffle,
             sampler=sampler,
-            drop_last=shuffle,
+            drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=collate,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+        # the last incomplete batch is dropped (a batch of one scene would skew BatchNorm),
+        # unless that would leave no batch at all
+        world = getattr(self.trainer, "world_size", 1) if self.trainer is not None else 1
+        per_process = math.ceil(len(self.dataset("train")) / world)  # type: ignore[arg-type]
+        drop_last = per_process >= self.batch_size
+        if not drop_last:
+            log.warning(
+                "the training set has %d sample(s)%s, fewer than data.batch_size=%d: training "
+                "on one batch of %d per epoch; set data.batch_size<=%d to silence this",
+                per_process, " per process" if world > 1 else "", self.batch_size,
+                per_process, per_process,
+            )  # fmt: skip
+        return self._loader("train", self.batch_size, shuffle=True, drop_last=drop_last)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.val_batch_size, shuffle=False)

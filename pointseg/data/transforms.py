@@ -142,6 +142,8 @@ class ChromaticJitter(_Random):
 class AddHeight:
     """``height (N, 1)``: metres above the lowest point, a cheap feature for floor/ceiling."""
 
+    adds = ("height",)  # feature keys this transform makes (no reader has to provide them)
+
     def __call__(self, sample: Sample) -> Sample:
         z = sample["coord"][:, 2:3]
         out = dict(sample)

@@ -7,8 +7,9 @@ grid coordinates are non-negative and start at 0.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -23,6 +24,14 @@ class Voxelized(NamedTuple):
     index: np.ndarray  # (M,) int64, one representative point per voxel
     features: np.ndarray | None  # (M, C) float32: mean ("mean") or the representative's ("train")
     origin: np.ndarray  # (3,) float64, world position of grid cell (0, 0, 0)
+
+
+class SceneVoxels(NamedTuple):
+    grid: np.ndarray  # (M, 3) int32 >= 0, sorted by ravelled key (as voxelize)
+    inverse: np.ndarray  # (N,) int32/int64 point -> voxel
+    counts: np.ndarray  # (M,) int64 points per voxel
+    feat: np.ndarray  # (M, C) float32 mean features
+    groups: dict[str, slice]  # feature key -> its columns of feat
 
 
 def _check_inputs(coord: np.ndarray, feat: np.ndarray | None, voxel_size: float) -> None:
@@ -308,3 +317,68 @@ def voxelize(
         features=feats_out,
         origin=lo,
     )
+
+
+def voxelize_chunked(
+    sample: dict[str, Any],
+    feat_keys: Sequence[str],
+    *,
+    voxel_size: float,
+    chunk_size: int = 2_000_000,
+    grid_origin: np.ndarray | None = None,
+) -> SceneVoxels:
+    """``voxelize(mode="mean")`` for whole scans of any size: the same grid, order and
+    features, computed chunk by chunk with no (N, C) or (N, 3) int64 copies; the feature
+    columns stay grouped by key (``groups``) so that test-time augmentation can turn them.
+    ``grid_origin`` (3,) anchors the grid at a given point (in ``coord``'s frame, at or below
+    every point) instead of the scan's minimum: spatial chunks of one tile voxelized with the
+    tile's minimum get the tile's voxels, at the tile's grid coordinates."""
+    coord = sample["coord"]  # (N, 3) f32
+    n = len(coord)
+    if n == 0:
+        raise ValueError("the scan has 0 points: nothing to label")
+    for k in feat_keys:
+        if len(sample[k]) != n:
+            raise ValueError(
+                f"feature '{k}' has {len(sample[k])} rows but coord has {n} points; every "
+                "per-point array must describe the same points"
+            )
+    finite = np.isfinite(coord).all(1)
+    if not finite.all():
+        raise ValueError(
+            f"coord has {int((~finite).sum())} point(s) with NaN/Inf coordinates (first at row "
+            f"{int(np.flatnonzero(~finite)[0])}); leave them out first "
+            "(pointseg.io.read_points(..., nonfinite='drop') does it and says which)"
+        )
+    origin, dims = grid_extent(coord, voxel_size)
+    if grid_origin is not None:
+        anchor = np.asarray(grid_origin, dtype=np.float64).reshape(3)
+        if (origin < anchor).any():
+            raise ValueError(
+                f"grid_origin {anchor} lies above the scan's minimum {origin} in some axis; "
+                "anchor the grid at or below every point (the whole tile's minimum)"
+            )
+        hi = _bounds(coord)[1]
+        origin, dims = anchor, _cell(hi[None], anchor, voxel_size)[0] + 1
+    if float(np.prod(dims.astype(np.float64))) >= 2**62:
+        raise ValueError(f"voxel grid {dims} too large at voxel_size={voxel_size}")
+    key = ravelled_keys(coord, origin, voxel_size, dims)
+    ukey, inverse, counts = torch.unique(
+        torch.from_numpy(key), sorted=True, return_inverse=True, return_counts=True
+    )
+    del key
+    grid = unravel_keys(ukey.numpy(), dims)
+    del ukey
+    if len(counts) < 2**31:
+        inverse = inverse.to(torch.int32)
+    groups, start = {}, 0
+    for k in feat_keys:
+        width = int(np.prod(np.shape(sample[k])[1:], dtype=np.int64))
+        groups[k], start = slice(start, start + width), start + width
+    acc = torch.zeros((len(counts), start), dtype=torch.float64)
+    for i in range(0, n, chunk_size):
+        cols = [np.asarray(sample[k][i : i + chunk_size], dtype=np.float32) for k in feat_keys]
+        f = np.concatenate([c.reshape(len(c), -1) for c in cols], 1).astype(np.float64)
+        acc.index_add_(0, inverse[i : i + chunk_size].long(), torch.from_numpy(f))
+    feat = (acc / counts[:, None].to(torch.float64)).to(torch.float32).numpy()
+    return SceneVoxels(grid.astype(np.int32), inverse.numpy(), counts.numpy(), feat, groups)

@@ -10,12 +10,13 @@ float32 can hold to the millimetre (georeferenced tiles) are re-centred in float
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pointseg import FEATURE_WIDTHS
 from pointseg.io.formats import (
     FORMATS,
     MissingFeatureError,
@@ -23,27 +24,12 @@ from pointseg.io.formats import (
     detect_format,
     sniff_format,
 )
+from pointseg.io.parsers import PARSERS
 
 log = logging.getLogger("pointseg.io")  # the package's logger: log lines keep its name
 
 Sample = dict[str, Any]
 RECENTER_ABOVE = 1.0e4  # float32 spacing at 1e4 is ~1 mm: beyond it, subtract an origin
-# names a column / PLY property may have -> (sample key, channel)
-_FIELDS: dict[str, tuple[str, int]] = {
-    "x": ("coord", 0), "y": ("coord", 1), "z": ("coord", 2),
-    "r": ("color", 0), "g": ("color", 1), "b": ("color", 2),
-    "red": ("color", 0), "green": ("color", 1), "blue": ("color", 2),
-    "diffuse_red": ("color", 0), "diffuse_green": ("color", 1), "diffuse_blue": ("color", 2),
-    "nx": ("normal", 0), "ny": ("normal", 1), "nz": ("normal", 2),
-    "normal_x": ("normal", 0), "normal_y": ("normal", 1), "normal_z": ("normal", 2),
-    "i": ("strength", 0), "intensity": ("strength", 0), "scalar_intensity": ("strength", 0),
-    "reflectance": ("strength", 0), "remission": ("strength", 0), "strength": ("strength", 0),
-    "label": ("segment", 0), "labels": ("segment", 0), "class": ("segment", 0),
-    "segment": ("segment", 0), "scalar_label": ("segment", 0), "semantic": ("segment", 0),
-    "scalar_classification": ("segment", 0), "classification": ("segment", 0),
-}  # fmt: skip
-_WIDTH = {"coord": 3, "color": 3, "normal": 3, "strength": 1, "segment": 1}
-_DEFAULT_COLUMNS = {3: "x,y,z", 4: "x,y,z,intensity", 6: "x,y,z,r,g,b"}
 
 
 def read_points(
@@ -53,18 +39,21 @@ def read_points(
     columns: str | Sequence[str] | None = None,
     require: Sequence[str] = (),
     chunk_size: int = 2_000_000,
-    hag: Sequence[float] = (1.0, 10.0),
+    las: Mapping[str, Any] | None = None,
     feat_keys: Sequence[str] = (),
     only: Sequence[str] | None = None,
     nonfinite: str = "error",
 ) -> Sample:
     """Read one file into a sample dict; ``require`` names features that must be present
     (checked before the points are read where the format allows it; ``feat_keys``, the model's
-    whole list, makes the error's fix exact). ``hag`` (cell, radius) is used when a LAS model
-    needs the height above the local minimum. ``only``: keep just these keys (besides
-    ``coord`` and ``origin``), which saves memory on big files. ``nonfinite``: ``"error"``
-    refuses points with NaN/Inf coordinates, ``"drop"`` leaves them out with a warning that
-    counts them and adds ``kept (N,) bool`` (the file's rows that were kept) when any were."""
+    whole list, makes the error's fix exact). ``las``: for LAS/LAZ files, the keyword options
+    of ``pointseg.io.las.las_features`` (the ones a model was trained with, stored in its
+    checkpoint); with them every LAS feature is computed exactly as ``pointseg-prepare las``
+    computed it, without them just colour, intensity and returns are read. ``only``: keep
+    just these keys (besides ``coord`` and ``origin``), which saves memory on big files.
+    ``nonfinite``: ``"error"`` refuses points with NaN/Inf coordinates, ``"drop"`` leaves them
+    out with a warning that counts them and adds ``kept (N,) bool`` (the file's rows that
+    were kept) when any were."""
     if nonfinite not in ("error", "drop"):
         raise ValueError(f"nonfinite must be 'error' or 'drop', got {nonfinite!r}")
     path = Path(path)
@@ -80,12 +69,14 @@ def read_points(
             f"{path.stem}{ext} or pass format={actual}"
         )
     if fmt == "las":
-        sample = _read_las(
-            path, require=require, chunk_size=chunk_size, hag=hag, feat_keys=feat_keys, only=only
+        from pointseg.io.read_las import read_las_points
+
+        sample = read_las_points(
+            path, require=require, chunk_size=chunk_size, las=las, feat_keys=feat_keys, only=only
         )
     else:
         try:
-            sample = _READERS[fmt](path, columns)
+            sample = PARSERS[fmt](path, columns)
         except PointFileError:
             raise
         except Exception as err:  # parsers raise their own types: name the file once
@@ -107,7 +98,7 @@ def check_features(
     for key in require:
         if key in sample:
             continue
-        have = sorted(k for k in sample if k not in ("origin", "kept"))
+        have = sorted(k for k in sample if k not in ("origin", "kept", "las_header"))
         rest = [k for k in feat_keys if k != key]
         width = sum(_FEAT_WIDTH.get(k, 1) for k in rest)
         retrain = (
@@ -122,7 +113,7 @@ def check_features(
         )
 
 
-_FEAT_WIDTH = {"coord": 3, "color": 3, "normal": 3, "returns": 2}
+_FEAT_WIDTH = FEATURE_WIDTHS
 _HOW = {
     "color": "colours (PLY red/green/blue, LAS point format 2/3/5/7/8, or text/npy "
     "columns=x,y,z,r,g,b)",
@@ -206,351 +197,3 @@ def _unit_color(path: Path, c: np.ndarray) -> np.ndarray:
     else:
         raise PointFileError(f"{path}: colour values up to {hi} fit neither 8 nor 16 bits")
     return (c / div).astype(np.float32)
-
-
-def _parse_columns(path: Path, columns: str | Sequence[str], width: int) -> list[str]:
-    names = [
-        c.strip().lower() for c in (columns.split(",") if isinstance(columns, str) else columns)
-    ]
-    if len(names) != width:
-        raise PointFileError(
-            f"{path}: columns={','.join(names)} names {len(names)} columns but the data has "
-            f"{width}; name every column (use _ for one to skip)"
-        )
-    for n in names:
-        if n not in _FIELDS and n not in ("_", "skip"):
-            raise PointFileError(
-                f"{path}: unknown column name {n!r}; use x,y,z, r,g,b, nx,ny,nz, intensity, "
-                "label or _ (skip)"
-            )
-    if not {"x", "y", "z"} <= set(names):
-        raise PointFileError(f"{path}: columns={','.join(names)} must include x, y and z")
-    return names
-
-
-def _from_table(path: Path, table: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """Column table + names -> raw sample arrays (keys with all their channels only)."""
-    raw: dict[str, np.ndarray] = {}
-    found: dict[str, dict[int, np.ndarray]] = {}
-    for col, name in enumerate(names):
-        if name in _FIELDS:
-            key, ch = _FIELDS[name]
-            found.setdefault(key, {})[ch] = table[:, col]
-    for key, chans in found.items():
-        if len(chans) != _WIDTH[key]:
-            raise PointFileError(f"{path}: '{key}' needs {_WIDTH[key]} columns, got {len(chans)}")
-        raw[key] = np.stack([chans[i] for i in range(_WIDTH[key])], 1)
-    return raw
-
-
-def _default_columns(path: Path, width: int, what: str) -> list[str]:
-    if width not in _DEFAULT_COLUMNS:
-        raise PointFileError(
-            f"{path}: {what} has {width} columns; say what they are with "
-            "columns=x,y,z,... (e.g. columns=x,y,z,intensity,r,g,b; _ skips a column)"
-        )
-    log.info("%s: %d columns read as %s (columns=... overrides)", path, width,
-             _DEFAULT_COLUMNS[width])  # fmt: skip
-    return _DEFAULT_COLUMNS[width].split(",")
-
-
-def _read_text(path: Path, columns: str | Sequence[str] | None) -> dict[str, np.ndarray]:
-    with open(path) as f:
-        first = ""
-        for line in f:
-            if line.strip() and not line.lstrip().startswith(("#", "//")):
-                first = line
-                break
-    if not first:
-        raise PointFileError(f"{path}: no data lines")
-    delim = "," if "," in first else None
-    tokens = [t.strip() for t in (first.split(",") if delim else first.split())]
-    header = not all(_is_number(t) for t in tokens)
-    try:
-        table = np.loadtxt(path, delimiter=delim, comments=("#", "//"), ndmin=2,
-                           skiprows=1 if header else 0, dtype=np.float64)  # fmt: skip
-    except ValueError as err:
-        raise PointFileError(
-            f"{path}: not a numeric table ({err}); every row needs the same number of "
-            "numeric columns (one optional header line of names)"
-        ) from err
-    if columns is None and header:
-        names = [t.lower() for t in tokens]
-        if not {"x", "y", "z"} <= set(names):
-            raise PointFileError(f"{path}: header {tokens} has no x, y, z; pass columns=...")
-        names = [n if n in _FIELDS else "_" for n in names]
-    elif columns is None:
-        names = _default_columns(path, table.shape[1], "the table")
-    else:
-        names = _parse_columns(path, columns, table.shape[1])
-    return _from_table(path, table, names)
-
-
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
-
-
-def _read_npy(path: Path, columns: str | Sequence[str] | None) -> dict[str, np.ndarray]:
-    arr = np.load(path, allow_pickle=False)
-    if arr.dtype.names:  # a structured array: fields by name
-        table = np.stack([arr[n].astype(np.float64) for n in arr.dtype.names], 1)
-        names = [n.lower() if n.lower() in _FIELDS else "_" for n in arr.dtype.names]
-        return _from_table(path, table, names)
-    if arr.ndim != 2 or arr.shape[1] < 3:
-        raise PointFileError(f"{path}: expected an (N, 3+) array of points, got {arr.shape}")
-    names = (
-        _parse_columns(path, columns, arr.shape[1])
-        if columns is not None
-        else _default_columns(path, arr.shape[1], "the array")
-    )
-    return _from_table(path, arr, names)
-
-
-_NPZ_KEYS = {
-    "coord": ("coord", "xyz", "points", "pos"),
-    "color": ("color", "rgb", "colors"),
-    "strength": ("strength", "intensity"),
-    "normal": ("normal", "normals"),
-    "segment": ("segment", "label", "labels"),
-}
-
-
-def _read_npz(path: Path, columns: str | Sequence[str] | None) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        raw = {}
-        for key, names in _NPZ_KEYS.items():
-            hit = next((n for n in names if n in z.files), None)
-            if hit is not None:
-                raw[key] = z[hit]
-        if "coord" not in raw:
-            raise PointFileError(
-                f"{path}: no coordinates; store them as 'coord' (N, 3) (found {z.files})"
-            )
-    return raw
-
-
-def _read_kitti(path: Path, columns: str | Sequence[str] | None) -> dict[str, np.ndarray]:
-    size = path.stat().st_size
-    if size == 0:
-        raise PointFileError(f"{path} is empty (0 bytes, no points); nothing to read")
-    if size % 16:
-        raise PointFileError(
-            f"{path}: {size} bytes is not a whole number of KITTI points (4 float32 = 16 bytes "
-            "each); the file is truncated (re-export it) or not a KITTI .bin scan"
-        )
-    scan = np.fromfile(path, dtype="<f4").reshape(-1, 4)
-    return {"coord": scan[:, :3], "strength": scan[:, 3:4]}
-
-
-def _read_ply(path: Path, columns: str | Sequence[str] | None) -> dict[str, np.ndarray]:
-    from plyfile import PlyData
-
-    ply = PlyData.read(str(path))
-    if "vertex" not in ply:
-        raise PointFileError(f"{path}: no 'vertex' element (found {[e.name for e in ply]})")
-    v = ply["vertex"].data
-    return _typed_fields(path, v, list(v.dtype.names))
-
-
-def _typed_fields(path: Path, rec: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """Fields of a record array by name, keeping integer colour dtypes (for their range)."""
-    raw: dict[str, np.ndarray] = {}
-    groups: dict[str, dict[int, str]] = {}
-    for n in names:
-        if n.lower() in _FIELDS:
-            key, ch = _FIELDS[n.lower()]
-            groups.setdefault(key, {})[ch] = n
-    for key, chans in groups.items():
-        if len(chans) == _WIDTH[key]:
-            raw[key] = np.stack([np.asarray(rec[chans[i]]) for i in range(_WIDTH[key])], 1)
-    return raw
-
-
-_PCD_TYPES = {"F": "f", "U": "u", "I": "i"}
-
-
-def _read_pcd(path: Path, columns: str | Sequence[str] | None) -> dict[str, np.ndarray]:
-    """ASCII and binary PCD parsed here; binary_compressed (LZF) handed to Open3D."""
-    header: dict[str, list[str]] = {}
-    with open(path, "rb") as f:
-        while "DATA" not in header:
-            line = f.readline()
-            if not line:
-                raise PointFileError(f"{path}: the PCD header ends without a DATA line")
-            text = line.decode("ascii", "replace").strip()
-            if text and not text.startswith("#"):
-                key, *vals = text.split()
-                header[key.upper()] = vals
-        offset = f.tell()
-    try:
-        names = header["FIELDS"]
-        sizes = [int(s) for s in header["SIZE"]]
-        types = [_PCD_TYPES[t.upper()] for t in header["TYPE"]]
-        counts = [int(c) for c in header.get("COUNT", ["1"] * len(names))]
-        n = int(header["POINTS"][0])
-    except (KeyError, ValueError, IndexError) as err:
-        raise PointFileError(f"{path}: incomplete PCD header ({err})") from err
-    mode = header["DATA"][0].lower()
-    uniq = [f"{nm}_{i}" if names.count(nm) > 1 else nm for i, nm in enumerate(names)]
-    dtype = np.dtype(
-        [(nm, f"<{t}{s}", (c,) if c > 1 else ()) for nm, t, s, c in
-         zip(uniq, types, sizes, counts, strict=True)]
-    )  # fmt: skip
-    if mode == "binary":
-        rec = np.fromfile(path, dtype=dtype, count=-1, offset=offset)
-    elif mode == "ascii":
-        flat = np.loadtxt(path, skiprows=_header_lines(path), ndmin=2, dtype=np.float64)
-        rec = np.empty(len(flat), dtype=dtype)
-        col = 0
-        for nm, t, c in zip(uniq, types, counts, strict=True):
-            vals = flat[:, col : col + c].reshape(rec[nm].shape)
-            rec[nm] = vals if nm not in ("rgb", "rgba") or t != "f" else vals.astype(np.float32)
-            col += c
-    elif mode == "binary_compressed":
-        return _read_pcd_open3d(path)
-    else:
-        raise PointFileError(f"{path}: unknown PCD DATA mode {mode!r}")
-    if len(rec) != n:
-        raise PointFileError(
-            f"{path}: the header announces {n} points but the file holds {len(rec)}; "
-            "the file is truncated: re-export it"
-        )
-    raw = _typed_fields(path, rec, uniq)
-    packed = next((nm for nm in ("rgb", "rgba") if nm in uniq), None)
-    if packed is not None:  # PCL packs 8-bit r, g, b into one 32-bit float or int
-        v = np.ascontiguousarray(rec[packed]).view(np.uint32)
-        raw["color"] = np.stack([(v >> 16) & 255, (v >> 8) & 255, v & 255], 1).astype(np.uint8)
-    return raw
-
-
-def _header_lines(path: Path) -> int:
-    with open(path, "rb") as f:
-        for i, line in enumerate(f):
-            if line.upper().startswith(b"DATA"):
-                return i + 1
-    return 0
-
-
-def _read_pcd_open3d(path: Path) -> dict[str, np.ndarray]:
-    import open3d as o3d
-
-    pcd = o3d.t.io.read_point_cloud(str(path))
-    attrs = {k: pcd.point[k].numpy() for k in pcd.point}
-    if "positions" not in attrs or len(attrs["positions"]) == 0:
-        raise PointFileError(f"{path}: Open3D read no points from this compressed PCD")
-    raw = {"coord": attrs["positions"]}
-    for src, dst in (("colors", "color"), ("normals", "normal"), ("intensity", "strength"),
-                     ("label", "segment")):  # fmt: skip
-        if src in attrs:
-            raw[dst] = attrs[src]
-    return raw
-
-
-def _read_las(
-    path: Path,
-    *,
-    require: Sequence[str],
-    chunk_size: int,
-    hag: Sequence[float],
-    feat_keys: Sequence[str] = (),
-    only: Sequence[str] | None = None,
-) -> Sample:
-    """Stream a LAS/LAZ file in chunks into small per-point arrays (never the whole record)."""
-    import laspy
-
-    try:
-        reader = laspy.open(path)
-    except Exception as err:
-        raise PointFileError(
-            f"cannot read {path}: {err}; the file is truncated (re-export it) or not a LAS/LAZ file"
-        ) from err
-    with reader:
-        hdr = reader.header
-        dims = set(hdr.point_format.dimension_names)
-        has_rgb = {"red", "green", "blue"} <= dims
-        provides = {"coord", "strength", "returns", "classification", "hag"}
-        check_features(path, dict.fromkeys(provides | ({"color"} if has_rgb else set())),
-                       require, feat_keys=feat_keys)  # fmt: skip
-        n = int(hdr.point_count)
-        if n == 0:
-            raise PointFileError(f"{path} holds no points (its header says 0); nothing to read")
-        want = set(provides | {"color"}) if only is None else {*only, *require}
-        coord = np.empty((n, 3), np.float32)
-        rgb = np.empty((n, 3), np.uint16) if has_rgb and "color" in want else None
-        inten = np.empty(n, np.uint16) if "strength" in want else None
-        cls = np.empty(n, np.uint8) if "classification" in want else None
-        returns = np.empty((n, 2), np.float32) if "returns" in want else None
-        origin, i = None, 0
-        try:
-            for chunk in reader.chunk_iterator(chunk_size):
-                j = i + len(chunk)
-                if j > n:
-                    raise PointFileError(f"{path}: more points than its header's {n}")
-                xyz = np.stack([np.asarray(chunk.x), np.asarray(chunk.y), np.asarray(chunk.z)], 1)
-                if origin is None:  # from the data, not the header's bounds (often stale)
-                    origin = _origin(xyz.min(0), xyz.max(0))
-                coord[i:j] = xyz - origin  # float64 subtraction, then float32
-                if rgb is not None:
-                    rgb[i:j] = np.stack([chunk.red, chunk.green, chunk.blue], 1)
-                if inten is not None:
-                    inten[i:j] = chunk.intensity
-                if cls is not None:
-                    cls[i:j] = chunk.classification
-                if returns is not None:
-                    returns[i:j, 0] = chunk.return_number
-                    returns[i:j, 1] = chunk.number_of_returns
-                i = j
-        except PointFileError:
-            raise
-        except Exception as err:
-            raise PointFileError(
-                f"cannot read {path} after {i} of {n} points: {err}; the file is truncated or "
-                "damaged (re-export it)"
-            ) from err
-    if i != n or origin is None:
-        raise PointFileError(
-            f"{path} is truncated: its header announces {n} points but it holds {i}"
-        )
-    bad = ~np.isfinite(coord).all(1)
-    if bad.any():
-        raise PointFileError(f"{path}: {int(bad.sum())} point(s) have non-finite coordinates")
-    out: Sample = {"coord": coord, "origin": origin}
-    if cls is not None:
-        out["classification"] = cls
-    if returns is not None:
-        out["returns"] = returns
-    if rgb is not None and not rgb.any():  # RGB fields present but never filled in
-        if "color" in require:
-            try:
-                check_features(path, {"coord": coord}, ["color"], feat_keys=feat_keys)
-            except MissingFeatureError as err:
-                raise MissingFeatureError(f"{err} (its RGB fields are all 0: no colour)") from None
-        log.info("%s: RGB fields are all 0 (no colour recorded): colour left out", path)
-        rgb = None
-    if rgb is not None:
-        # 8-bit colours are often stored in the 16-bit fields: the range tells which
-        out["color"] = (rgb / (255.0 if int(rgb.max()) <= 255 else 65535.0)).astype(np.float32)
-        del rgb
-    if inten is not None:
-        div = 255.0 if int(inten.max()) <= 255 else 65535.0
-        out["strength"] = (inten / div).astype(np.float32)[:, None]
-    if "hag" in require:  # the LAS preparer's height above the local minimum
-        from pointseg.io.las import height_above_local_min
-
-        cell, radius = hag
-        out["hag"] = height_above_local_min(coord, cell=cell, radius=radius)[:, None]
-    return out
-
-
-_READERS = {
-    "ply": _read_ply,
-    "pcd": _read_pcd,
-    "text": _read_text,
-    "npy": _read_npy,
-    "npz": _read_npz,
-    "kitti": _read_kitti,
-}

@@ -1,9 +1,8 @@
 """Building blocks of the sparse U-Net: conv factories, conv + BN + ReLU units, residual blocks.
 
-Every sparse conv is built by the factories below: bias-free (in eval mode a CPU sparse conv with
-kernel > 1 hands its bias to a kernel that asserts "cpu don't support act and bias"; BatchNorm
-follows anyway) and with ``spconv_compat.default_algo()`` (Native without CUDA). ``spconv_compat``
-is imported first: it patches spconv.
+Every sparse conv is one of pointseg's own (``pointseg.sparse``: spconv's weight layout, kernels
+picked per call by ``pointseg.sparse.functional``), built bias-free by the factories below
+(BatchNorm follows anyway).
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from collections.abc import Sequence
 import spconv.pytorch as spconv
 from torch import nn
 
-from pointseg.models import spconv_compat as compat  # first: patches spconv
+from pointseg import sparse
 
 # Pointcept's SpUNet uses eps=1e-3, momentum=0.01. A few large scenes per batch give noisy batch
 # statistics, so running stats should average over many steps; 0.02 still lets them settle within
@@ -23,34 +22,18 @@ BN_MOMENTUM = 0.02
 
 
 def subm_conv3d(in_ch: int, out_ch: int, kernel: int, *, indice_key: str) -> nn.Module:
-    """Submanifold conv: output sites == input sites, same row order; bias-free (see above).
-
-    On CUDA, spconv picks implicit GEMM up to 32 kernel offsets and Native above (the 5x5x5
-    stem). Its ``large_kernel_fast_algo`` would compile implicit-GEMM kernels for 125 offsets at
-    run time with NVRTC, which needs the CUDA toolkit's headers: not kept."""
-    return spconv.SubMConv3d(
-        in_ch,
-        out_ch,
-        kernel,
-        padding=kernel // 2,
-        bias=False,
-        indice_key=indice_key,
-        algo=compat.default_algo(),
-    )
+    """Submanifold conv: output sites == input sites, same row order; bias-free (see above)."""
+    return sparse.SubMConv3d(in_ch, out_ch, kernel, padding=kernel // 2, indice_key=indice_key)
 
 
 def strided_conv3d(in_ch: int, out_ch: int, *, indice_key: str) -> nn.Module:
     """k=2, s=2 downsampling; its rulebook is stored under ``indice_key`` for the inverse conv."""
-    return spconv.SparseConv3d(
-        in_ch, out_ch, 2, stride=2, bias=False, indice_key=indice_key, algo=compat.default_algo()
-    )
+    return sparse.SparseConv3d(in_ch, out_ch, 2, stride=2, indice_key=indice_key)
 
 
 def inverse_conv3d(in_ch: int, out_ch: int, *, indice_key: str) -> nn.Module:
     """Undo ``strided_conv3d(indice_key=...)``: back to its input sites, in their row order."""
-    return spconv.SparseInverseConv3d(
-        in_ch, out_ch, 2, indice_key=indice_key, bias=False, algo=compat.default_algo()
-    )
+    return sparse.SparseInverseConv3d(in_ch, out_ch, 2, indice_key=indice_key)
 
 
 def batch_norm(channels: int, *, momentum: float = BN_MOMENTUM) -> nn.BatchNorm1d:

@@ -1,7 +1,7 @@
-"""The reference plan for peer comparison: Open3D-ML's ``SparseConvUnet`` network, on spconv.
+"""The reference plan for peer comparison: Open3D-ML's ``SparseConvUnet``, on ``pointseg.sparse``.
 
 Open3D-ML's sparse U-Net (multiplier 16, ``conv_block_reps=1``, no residual blocks) is a
-7-level U-Net with widths 16, 32, ..., 112. Built here from pointseg's spconv factories so the
+7-level U-Net with widths 16, 32, ..., 112. Built here from pointseg's sparse-conv factories so the
 same network can be timed against other implementations:
 
     input subm conv 3x3x3 (C_in -> 16)
@@ -26,7 +26,6 @@ import spconv.pytorch as spconv
 import torch
 from torch import Tensor, nn
 
-from pointseg.models import spconv_compat as compat  # first: patches spconv
 from pointseg.models.blocks import (
     BN_MOMENTUM,
     batch_norm,
@@ -34,6 +33,7 @@ from pointseg.models.blocks import (
     strided_conv3d,
     subm_conv3d,
 )
+from pointseg.sparse import sparse_tensor
 
 O3DML_MULTIPLIER = 16
 O3DML_LEVELS = 7
@@ -99,7 +99,7 @@ class O3DMLPlanUNet(nn.Module):
         """feat (M, C_in), indices (M, 4) int32 [b, x, y, z] -> (M, num_classes) logits."""
         if feat.dim() == 2 and feat.shape[1] != self.in_channels:
             raise ValueError(f"expected {self.in_channels} feature channels, got {feat.shape[1]}")
-        x = compat.sparse_tensor(feat, indices, batch_size, levels=self.num_stages)
+        x = sparse_tensor(feat, indices, batch_size, levels=self.num_stages)
         x = self.input_conv(x)  # (M, p_0)
         skips = []
         for level in range(self.num_stages):

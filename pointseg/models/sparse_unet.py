@@ -20,7 +20,6 @@ import spconv.pytorch as spconv
 import torch
 from torch import Tensor, nn
 
-from pointseg.models import spconv_compat as compat  # first: patches spconv for CPU
 from pointseg.models.blocks import (
     BN_MOMENTUM,
     ConvBNReLU,
@@ -29,6 +28,7 @@ from pointseg.models.blocks import (
     strided_conv3d,
     subm_conv3d,
 )
+from pointseg.sparse import sparse_tensor
 
 SPUNET34C_CHANNELS = (32, 64, 128, 256, 256, 128, 96, 96)
 SPUNET34C_LAYERS = (2, 3, 4, 6, 2, 2, 2, 2)
@@ -188,7 +188,7 @@ class SparseUNet(nn.Module):
 
     def forward(self, feat: Tensor, indices: Tensor, batch_size: int) -> Tensor:
         """feat (M, C_in) float32/float16, indices (M, 4) int32 [b, x, y, z] -> (M, K) logits."""
-        x = compat.sparse_tensor(feat, indices, batch_size, levels=self.num_stages)
+        x = sparse_tensor(feat, indices, batch_size, levels=self.num_stages)
         if feat.shape[1] != self.in_channels:
             raise ValueError(f"expected {self.in_channels} feature channels, got {feat.shape[1]}")
         x = self.stem(x)  # (M, stem_channels)

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from pointseg.data.scenes import write_scene
-from pointseg.io.las import LasReadError, las_features, load_class_map, read_las
+from pointseg.io import read_points
+from pointseg.io.las import load_class_map
 from pointseg.prepare.common import PrepareError, SceneJob, run_jobs
 from pointseg.utils import public_mode
 
@@ -222,38 +223,43 @@ def convert_tile(job: SceneJob) -> None:
     """Read one tile and write its block scenes, then its ``.done`` marker."""
     opts, path = job.options, job.inputs[0]
     dst, stem = Path(opts["dst"]), path.stem
+    feature_options = feature_options_of(opts)  # las_features(tile, **feature_options)
+    if _point_count(path) == 0:
+        warnings.warn(f"{path} has 0 points; no scene written for it", stacklevel=2)
+        _write_done(job.output, {"source": str(path), "points": 0, "scenes": []})
+        return
     try:
-        tile = read_las(path, laz_threads=opts["workers"] <= 1)
-        if len(tile.xyz) == 0:
-            warnings.warn(f"{path} has 0 points; no scene written for it", stacklevel=2)
-            _write_done(job.output, {"source": str(path), "points": 0, "scenes": []})
-            return
-        segment = load_class_map(opts["class_map"]).apply(tile.classification, source=str(path))
-        feature_options = feature_options_of(opts)
-        features, feature_info = las_features(tile, **feature_options)
-    except (LasReadError, ValueError) as err:
+        # the reader pointseg-predict uses on a raw tile, with the same feature options, so
+        # a model sees the same features on the tile as on its prepared scenes
+        tile = read_points(path, format="las", las=feature_options)
+        segment = load_class_map(opts["class_map"]).apply(tile["classification"], source=str(path))
+    except ValueError as err:
         raise PrepareError(str(err) if str(path) in str(err) else f"{path}: {err}") from err
+    features = {k: v for k, v in tile.items() if k not in _NOT_FEATURES}
+    feature_info = {"keys": sorted(features)}
     if opts["overwrite"]:
         _remove_tile_scenes(dst, stem, opts["split_by"])
-    n = len(tile.xyz)
+    coord, read_origin = tile["coord"], tile["origin"]  # world = coord + read_origin
+    n = len(coord)
 
     bs, overlap = opts["block_size"], opts["overlap"]
-    lowest = tile.xyz.min(0)
-    step = bs if bs > 0 else 1.0
-    # a round origin on the block grid, so the blocks of neighbouring tiles line up
-    origin = np.array([*(np.floor(lowest[:2] / step) * step), np.floor(lowest[2])])  # (3,) f64
-    local = tile.xyz - origin  # (N, 3) float64: exact to ~1e-9 units before the f32 cast
+    if bs > 0:  # a round origin on the block grid, so the blocks of neighbouring tiles line up
+        lowest = coord.min(0).astype(np.float64) + read_origin
+        origin = np.array([*(np.floor(lowest[:2] / bs) * bs), np.floor(lowest[2])])  # (3,) f64
+    else:  # whole tiles keep the reader's coordinates bit for bit (as predict reads them)
+        origin = read_origin
+    local = coord.astype(np.float64) + (read_origin - origin)  # (N, 3) exact before the cast
     if opts["split_by"] == "tile":
         groups = [(stem, "block_{}_{}", np.arange(n), overlap)]
     elif opts["split_by"] == "folder" and opts["folder"] == "train":  # only these overlap
         groups = [("train", stem + "_block_{}_{}", np.arange(n), overlap)]
     elif opts["split_by"] == "folder":  # evaluation tiles whole: the scene is the raw tile
-        bs, origin = 0.0, np.floor(lowest)
-        local = tile.xyz - origin
+        bs, origin = 0.0, read_origin  # the reader's coordinates bit for bit, as predict's
+        local = coord.astype(np.float64)
         groups = [(opts["folder"], stem, np.arange(n), 0.0)]
     else:
-        median = float(np.median(tile.xyz[:, 0]))
-        west = tile.xyz[:, 0] < median
+        median = float(np.median(local[:, 0]) + origin[0])
+        west = local[:, 0] + origin[0] < median
         name = stem + "_block_{}_{}"
         groups = [
             ("train", name, np.flatnonzero(west), overlap),
@@ -264,12 +270,14 @@ def convert_tile(job: SceneJob) -> None:
     base_meta = {
         "source": str(path),
         "tile": stem,
-        "header": tile.header,
+        "header": tile["las_header"],
         "class_names": opts["class_names"],
         "class_map": opts["class_map"],
         "block_size": bs,
         "features": feature_info,
-        "feature_options": feature_options,  # las_features(tile, **feature_options)
+        # how pointseg.io.read_points reads the raw tile into these features (see segmenter)
+        "reader": {"las": feature_options},
+        "feature_options": feature_options,
     }
     written = []
     for split, pattern, members, margin in groups:
@@ -287,7 +295,7 @@ def convert_tile(job: SceneJob) -> None:
                 "point_index": idx.astype(np.int64),  # (n,)
                 **{k: v[idx] for k, v in features.items()},
             }
-            codes, counts = np.unique(tile.classification[idx], return_counts=True)
+            codes, counts = np.unique(tile["classification"][idx], return_counts=True)
             meta = {
                 **base_meta,
                 "split": split,
@@ -312,6 +320,23 @@ def feature_options_of(opts: dict[str, Any]) -> dict[str, Any]:
         "hag_radii": None if radii is None else [float(r) for r in radii],
         "geometry_k": int(opts.get("geometry_k", 0)),
     }
+
+
+# what the reader returns besides the per-point features a scene stores
+_NOT_FEATURES = {"coord", "origin", "classification", "las_header", "kept"}
+
+
+def _point_count(path: Path) -> int:
+    import laspy
+
+    try:
+        with laspy.open(path) as reader:
+            return int(reader.header.point_count)
+    except Exception as err:  # laspy and lazrs raise their own types
+        raise PrepareError(
+            f"cannot read {path}: {err}; the file is truncated or not a LAS/LAZ file "
+            "(re-download or re-export it)"
+        ) from err
 
 
 def _remove_tile_scenes(dst: Path, stem: str, split_by: str) -> None:

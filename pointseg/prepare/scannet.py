@@ -33,6 +33,7 @@ import numpy as np
 
 from pointseg.data.datasets.scannet_meta import LABEL_SETS, SPLITS_DIR
 from pointseg.data.scenes import write_scene
+from pointseg.io import PointFileError, read_points
 from pointseg.prepare.common import PrepareError, SceneJob, run_jobs
 
 log = logging.getLogger(__name__)
@@ -164,15 +165,22 @@ def convert_scene(job: SceneJob) -> None:
         convert_npy_scene(job)
         return
     ply = folder / f"{scene}_vh_clean_2.ply"
-    coord, color, faces = read_mesh(ply)
-    arrays = {"coord": coord, "color": color, "normal": vertex_normals(coord, faces)}
+    if not ply.is_file():
+        raise PrepareError(f"{ply} is missing; download the scene's _vh_clean_2.ply again")
+    try:  # the reader pointseg-predict uses on the raw mesh: the same colours and normals
+        mesh = read_points(ply, format="ply", require=("color", "normal"))
+    except PointFileError as err:
+        raise PrepareError(f"{err}; it must be a triangle mesh with x y z red green blue") from err
+    coord = mesh["coord"]
+    arrays = {"coord": coord, "color": mesh["color"], "normal": mesh["normal"]}
     class_of = job.options["class_of"]
     if class_of is None:  # a test scene
         arrays["segment"] = np.full(len(coord), -1, dtype=np.int64)
         arrays["instance"] = np.full(len(coord), -1, dtype=np.int64)
     else:
         arrays["segment"], arrays["instance"] = read_labels(folder, len(coord), class_of)
-    meta = {"dataset": "scannet", "source": str(folder), "labels": job.options["labels"]}
+    meta = {"dataset": "scannet", "source": str(folder), "labels": job.options["labels"],
+            "origin": mesh["origin"].tolist(), "reader": {}}  # fmt: skip
     write_scene(job.output, arrays, meta)
 
 
@@ -214,47 +222,6 @@ def convert_npy_scene(job: SceneJob) -> None:
         arrays["instance"] = np.where(ins > 0, ins, -1)
     meta = {"dataset": "scannet", "source": str(folder), "labels": "scannet20", "layout": "npy"}
     write_scene(job.output, arrays, meta)
-
-
-def read_mesh(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``coord (N, 3) f32, color (N, 3) f32 in [0, 1], faces (F, 3) int64`` of a PLY mesh."""
-    from plyfile import PlyData
-
-    if not path.is_file():
-        raise PrepareError(f"{path} is missing; download the scene's _vh_clean_2.ply again")
-    try:  # a fixed list length lets plyfile memory-map the faces instead of looping over them
-        ply = PlyData.read(str(path), known_list_len={"face": {"vertex_indices": 3}})
-        vertex, face = ply["vertex"].data, ply["face"].data
-        coord = np.stack([vertex[k] for k in ("x", "y", "z")], axis=1).astype(np.float32)
-        rgb = np.stack([vertex[k] for k in ("red", "green", "blue")], axis=1)
-        faces = face["vertex_indices"]  # (F, 3), or (F,) of arrays from an ASCII file
-        faces = np.stack(faces) if faces.dtype == object else faces
-        faces = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
-    except Exception as err:  # plyfile raises several types for damaged files
-        raise PrepareError(
-            f"cannot read the mesh {path} ({type(err).__name__}: {err}); it must be a "
-            "triangle mesh with x y z red green blue vertices: download it again"
-        ) from err
-    if rgb.dtype != np.uint8:  # scaled by 255 below: other encodings would be mis-scaled
-        raise PrepareError(f"{path}: vertex colours are {rgb.dtype}, expected 8-bit (uchar)")
-    if len(faces) and (faces.min() < 0 or faces.max() >= len(coord)):
-        raise PrepareError(f"{path}: a face refers to a vertex that does not exist")
-    return coord, (rgb / 255.0).astype(np.float32), faces
-
-
-def vertex_normals(coord: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted vertex normals ``(N, 3) f32``; (0, 0, 0) for a vertex in no face."""
-    v = coord.astype(np.float64)
-    a, b, c = v[faces[:, 0]], v[faces[:, 1]], v[faces[:, 2]]
-    face_normal = np.cross(b - a, c - a)  # (F, 3), length = 2 * area: the sum is area-weighted
-    normal = np.zeros_like(v)
-    for corner in range(3):
-        for axis in range(3):
-            normal[:, axis] += np.bincount(
-                faces[:, corner], weights=face_normal[:, axis], minlength=len(v)
-            )
-    length = np.linalg.norm(normal, axis=1, keepdims=True)
-    return np.divide(normal, length, out=np.zeros_like(normal), where=length > 0).astype(np.float32)
 
 
 def _load_json(path: Path) -> Any:

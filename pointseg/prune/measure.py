@@ -13,20 +13,24 @@ import spconv.pytorch as spconv
 import torch
 from torch import nn
 
-from pointseg.metrics import ConfusionMatrix, scores
+from pointseg.metrics import scores
+from pointseg.sparse import SparseConvNd
 
 
-@torch.inference_mode()
-def val_miou(module: nn.Module, loader: Any, *, num_classes: int, ignore_index: int) -> float:
-    """Point-level mIoU of a ``SegmentationModule`` over ``loader`` (eval mode), as
-    ``pointseg-eval`` computes it."""
-    was_training = module.training
-    module.eval()
-    cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
-    for batch in loader:
-        cm.update(module(batch).argmax(1), batch["segment"])
-    module.train(was_training)
-    return float(scores(cm.compute()).miou)
+def val_miou(net: nn.Module, recipe: Any, scenes: Any, *, ignore_index: int) -> float:
+    """Point-level mIoU of ``net`` over the raw ``scenes`` of a dataset, through a
+    ``Segmenter`` with the checkpoint's recipe: what ``pointseg-eval`` computes."""
+    from pointseg.segmenter import Segmenter, dataset_scenes, score_scenes
+
+    was_training = net.training
+    device = next(net.parameters()).device
+    try:
+        segmenter = Segmenter(net, recipe, device=device)
+        samples, n = dataset_scenes(scenes)
+        confmat, _ = score_scenes(segmenter, samples, ignore_index=ignore_index, total=n)
+    finally:
+        net.train(was_training)
+    return float(scores(confmat).miou)
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ def count_macs(net: nn.Module, batch: Mapping[str, Any]) -> int:
 
     handles = []
     for mod in net.modules():
-        if isinstance(mod, spconv.conv.SparseConvolution):
+        if isinstance(mod, spconv.conv.SparseConvolution | SparseConvNd):
             handles.append(mod.register_forward_hook(conv_hook))
         elif isinstance(mod, nn.Linear):
             handles.append(mod.register_forward_hook(linear_hook))

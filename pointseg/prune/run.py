@@ -21,12 +21,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from pointseg.checkpoint import build_module, load_checkpoint, save_checkpoint, weights_checkpoint
+from pointseg.checkpoint import (
+    build_module,
+    load_checkpoint,
+    save_checkpoint,
+    stored_recipe,
+    weights_checkpoint,
+)
 from pointseg.data.collate import collate
 from pointseg.guards import guard_task
 from pointseg.prune import measure, structured, unstructured
 from pointseg.prune.finetune import finetune, recalibrate_bn
 from pointseg.prune.report import write_prune_report
+from pointseg.segmenter import RECIPE_KEY
+from pointseg.threads import set_threads
 from pointseg.utils import CONF_DIR, reuse_freed_memory, write_json
 
 log = logging.getLogger(__name__)
@@ -54,12 +62,11 @@ def prune(cfg: DictConfig) -> dict[str, Any]:
     p = cfg.prune
     check_prune_config(p)
     amount, method = float(p.amount), str(p.method)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    set_threads(cfg.get("threads"))  # pointseg/threads.py: null = the CPUs available
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
-    ckpt = load_checkpoint(cfg.ckpt_path)
+    ckpt = load_checkpoint(cfg.ckpt_path, trust=bool(cfg.get("trust_checkpoint")))
     stored = OmegaConf.create(ckpt["pointseg_config"])
     if method == "structured" and stored.model.net.get("_target_") != (
         "pointseg.models.sparse_unet.SparseUNet"
@@ -68,11 +75,14 @@ def prune(cfg: DictConfig) -> dict[str, Any]:
     data_cfg = OmegaConf.merge(stored.data, cfg.get("data") or {})
     datamodule = hydra.utils.instantiate(data_cfg)
     dense = build_module(ckpt)
-    num_classes, ignore = int(data_cfg.num_classes), int(data_cfg.ignore_index)
+    ignore = int(data_cfg.ignore_index)
+
+    recipe = stored_recipe(ckpt, data_overrides=cfg.get("data"), where=str(cfg.ckpt_path))
+    val_scenes = datamodule.factories["val"](transform=None)
 
     def evaluate(module: torch.nn.Module) -> float:
-        loader = datamodule.val_dataloader()
-        return measure.val_miou(module, loader, num_classes=num_classes, ignore_index=ignore)
+        """Val mIoU through the same Segmenter as pointseg-eval's scene path."""
+        return measure.val_miou(module.net, recipe, val_scenes, ignore_index=ignore)
 
     progress = bool(cfg.get("progress", True))
     sweep_levels = sorted({float(a) for a in (p.get("sweep") or [])} | {amount})
@@ -161,12 +171,13 @@ def prune(cfg: DictConfig) -> dict[str, Any]:
     if method == "structured":
         config["model"]["net"] = net_cfg
     meta = {
+        RECIPE_KEY: recipe.to_dict(),
         "pruning": {
             "method": method,
             "amount": amount,
             "weight_sparsity": unstructured.weight_sparsity(module.net).fraction,
             "source": str(Path(cfg.ckpt_path).resolve()),
-        }
+        },
     }
     ckpt_dir = run_dir / "checkpoints"
     files: dict[str, dict[str, Any]] = {}

@@ -21,6 +21,8 @@ import spconv.pytorch as spconv
 import torch
 from torch import Tensor, nn
 
+from pointseg.sparse import SparseConvNd
+
 Masks = dict[str, Tensor]  # parameter name (in the pruned module) -> bool mask, same shape
 
 
@@ -28,7 +30,7 @@ def prunable_weights(module: nn.Module) -> dict[str, nn.Parameter]:
     """Weights of sparse convs and linear layers, by their name in ``module``."""
     out = {}
     for name, mod in module.named_modules():
-        if isinstance(mod, spconv.conv.SparseConvolution | nn.Linear):
+        if isinstance(mod, spconv.conv.SparseConvolution | SparseConvNd | nn.Linear):
             out[f"{name}.weight" if name else "weight"] = mod.weight
     return out
 

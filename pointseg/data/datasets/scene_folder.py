@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,23 @@ class SceneFolder(Dataset):
     def scene_name(self, index: int) -> str:
         scene = self.scenes[index % len(self.scenes)]
         return f"{scene.parent.name}/{scene.name}"
+
+    def reader_options(self) -> dict[str, Any]:
+        """How ``pointseg.io.read_points`` must read the raw files these scenes came from to
+        make the same features: for LAS tiles, the options the preparer gave
+        ``pointseg.io.las.las_features`` (recorded in each scene's ``meta.json``)."""
+        meta_path = self.scenes[0] / "meta.json"
+        if not meta_path.is_file():
+            return {}
+        meta = json.loads(meta_path.read_text())
+        if "reader" in meta:  # written by this version's preparers
+            return dict(meta["reader"])
+        if "feature_options" in meta:
+            return {"las": dict(meta["feature_options"])}
+        hag = (meta.get("features") or {}).get("hag")
+        if hag is not None:  # scenes written before the options were recorded whole
+            return {"las": {"hag_cell": hag["cell"], "hag_radii": list(hag["radii"])}}
+        return {}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not -len(self) <= index < len(self):

@@ -156,10 +156,14 @@ def count_points(path: Path) -> int:
     return size // 16
 
 
-def read_points(path: Path) -> np.ndarray:
-    """(N, 4) float32 ``x y z remission`` of one ``.bin`` scan."""
+def read_scan_points(path: Path) -> dict[str, np.ndarray]:
+    """``coord (N, 3)`` and ``strength (N, 1)`` (remission) of one ``.bin`` scan, read by
+    ``pointseg.io.read_points``, as ``pointseg-predict`` reads a raw scan."""
+    from pointseg.io import read_points
+
     count_points(path)
-    return np.fromfile(path, dtype=np.float32).reshape(-1, 4)
+    sample = read_points(path, format="kitti")
+    return {"coord": sample["coord"], "strength": sample["strength"]}
 
 
 def read_labels(path: Path, *, num_points: int, scan: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -192,16 +196,16 @@ def map_labels(raw: np.ndarray, *, source: Path | str) -> np.ndarray:
 
 def load_scan(files: ScanFiles) -> dict[str, Any]:
     """One scan as a sample: coord, strength, segment, instance, name."""
-    pts = read_points(files.points)  # (N, 4)
-    n = len(pts)
+    pts = read_scan_points(files.points)
+    n = len(pts["coord"])
     if files.labels is None:
         segment, instance = np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.int64)
     else:
         raw, instance = read_labels(files.labels, num_points=n, scan=files.points)
         segment = map_labels(raw, source=files.labels)
     return {
-        "coord": np.ascontiguousarray(pts[:, :3]),
-        "strength": np.ascontiguousarray(pts[:, 3:4]),
+        "coord": np.ascontiguousarray(pts["coord"]),
+        "strength": np.ascontiguousarray(pts["strength"]),
         "segment": segment,
         "instance": instance,
         "name": files.name,

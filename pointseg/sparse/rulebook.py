@@ -27,8 +27,12 @@ empty grid), and every CUDA tensor, keep spconv's own builder.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from spconv.core import ConvAlgo
+from spconv.pytorch import ops as spconv_ops
 from torch import Tensor
 
 LOOKUP_CELLS_PER_VOXEL = 128  # int32 table of at most 512 bytes per voxel
@@ -193,3 +197,66 @@ def strided_pairs(
         pairs[1, k, :m] = out_row[sel]
         start += m
     return out.int(), pairs, counts
+
+
+@dataclass(eq=False)
+class Rulebook:
+    """The rulebook of one level (one ``indice_key``), built once per forward and reused by every
+    conv of that key and by their backward passes. Field names are spconv's ``IndiceData``
+    names, so code that reads spconv's rulebooks (e.g. ``indice_pair_num``) reads these too.
+
+    ``cache`` holds what the kernels derive from the pairs (``cpu_conv``'s per-offset orders
+    and scatter matrices), so that too is computed once per forward.
+    """
+
+    indices: Tensor  # (N_in, 4) int32 input sites
+    out_indices: Tensor  # (N_out, 4) int32 output sites (== indices for a submanifold conv)
+    indice_pairs: Tensor  # (2, K, N_in) int32, spconv's layout
+    indice_pair_num: Tensor  # (K,) int32
+    spatial_shape: list[int]
+    out_spatial_shape: list[int]
+    is_subm: bool
+    ksize: list[int]
+    stride: list[int]
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+
+def build(
+    indices: Tensor,
+    batch_size: int,
+    spatial_shape: list[int],
+    *,
+    subm: bool,
+    ksize: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+) -> Rulebook:
+    """The rulebook of a conv over CPU ``indices``: pointseg's lookup-table builders where they
+    apply (odd submanifold kernels, stride == kernel size without padding, dilation 1), spconv's
+    own builder otherwise (same format either way)."""
+    plain = all(d == 1 for d in dilation)
+    out_shape = list(spatial_shape)
+    if not subm:
+        out_shape = [
+            (s + 2 * p - d * (k - 1) - 1) // st + 1
+            for s, k, st, p, d in zip(spatial_shape, ksize, stride, padding, dilation, strict=True)
+        ]
+    if plain and subm and all(k % 2 for k in ksize) and subm_fits(indices, batch_size, ksize):
+        pairs, counts = subm_pairs(indices, batch_size, spatial_shape, ksize)
+        out = indices
+    elif (
+        plain
+        and not subm
+        and ksize == stride
+        and not any(padding)
+        and all(s % k == 0 for s, k in zip(spatial_shape, ksize, strict=True))
+    ):
+        out, pairs, counts = strided_pairs(indices, batch_size, spatial_shape, ksize)
+    else:
+        out, pairs, counts = spconv_ops.get_indice_pairs(
+            indices, batch_size, spatial_shape, ConvAlgo.Native, ksize, stride, padding,
+            dilation, [0] * len(ksize), subm, False,
+        )  # fmt: skip
+    return Rulebook(indices, out, pairs, counts, list(spatial_shape), out_shape, subm,
+                    list(ksize), list(stride))  # fmt: skip

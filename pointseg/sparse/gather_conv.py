@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pointseg.models.rulebook import offset_counts
+from pointseg.sparse.rulebook import offset_counts
 
 MAX_COLUMNS = 1024  # kv * C_in: a 5x5x5 kernel on up to 8 channels
 MAX_BYTES = 4 << 30  # gathered columns and their int64 neighbour map, per call ...

@@ -1,19 +1,11 @@
-"""The spconv patches and guards of ``pointseg.models.spconv_compat``."""
+"""The guards of ``pointseg.sparse.tensor`` and the CPU traps of spconv they stand in front of."""
 
 import pytest
-import spconv.pytorch as spconv
-import spconv.pytorch.hash
-import spconv.pytorch.ops
-import spconv.pytorch.utils
 import torch
-from spconv.pytorch.conv import SparseConvolution
-from spconv.pytorch.cppcore import torch_tensor_to_tv
 
-from pointseg.models import spconv_compat as compat
 from pointseg.models.blocks import inverse_conv3d, strided_conv3d, subm_conv3d
 from pointseg.models.sparse_unet import spunet_small
-
-PATCHED_MODULES = [spconv.pytorch.cppcore, spconv.pytorch.ops, spconv.pytorch.hash]
+from pointseg.sparse import tensor as compat
 
 
 def random_scene(seed: int, batch: int = 2, size: int = 12, density: float = 0.25):
@@ -21,40 +13,6 @@ def random_scene(seed: int, batch: int = 2, size: int = 12, density: float = 0.2
     gen = torch.Generator().manual_seed(seed)
     ind = (torch.rand(batch, size, size, size, generator=gen) < density).nonzero().int()
     return torch.randn(ind.shape[0], 3, generator=gen), ind.contiguous()
-
-
-def test_patch_is_applied_everywhere_and_idempotent() -> None:
-    compat.patch_spconv()
-    compat.patch_spconv()
-    for module in PATCHED_MODULES:
-        assert module.get_current_stream is compat._get_current_stream
-    for module in (spconv.pytorch.ops, spconv.pytorch.utils):
-        assert module.SpconvOps is compat._OPS_PROXY
-    assert spconv.pytorch.ops.get_arch is compat._get_arch  # asked of torch once per device
-    # Other ops still reach spconv's own implementation through the proxy.
-    assert spconv.pytorch.ops.SpconvOps.gather_cpu is compat._ORIGINAL_OPS.gather_cpu
-    if not torch.cuda.is_available():
-        assert compat._get_current_stream() == 0
-        assert compat.default_algo() is compat.ConvAlgo.Native
-
-
-def test_scatter_add_is_correct_with_threads() -> None:
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(4, before))  # spconv's own kernel races with > 1 thread
-    try:
-        gen = torch.Generator().manual_seed(0)
-        out = torch.randn(50_000, 16, generator=gen)
-        src = torch.randn(30_000, 16, generator=gen)  # a buffer: only the first rows are used
-        rows = torch.randperm(50_000, generator=gen)[:20_000].int()
-        want = out.clone().index_add_(0, rows.long(), src[:20_000])
-        tv = torch_tensor_to_tv
-        for _ in range(3):  # the race hit a few rows in every call when it was there
-            got = out.clone()
-            spconv.pytorch.ops.SpconvOps.scatter_add_cpu(tv(got), tv(src), tv(rows))
-            torch.testing.assert_close(got, want, rtol=0, atol=0)
-            assert torch.get_num_threads() == max(4, before)  # restored after the call
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_gradients_flow_on_cpu() -> None:
@@ -147,24 +105,3 @@ def test_feature_rows_must_match_indices() -> None:
     feat, ind = random_scene(4)
     with pytest.raises(ValueError, match="rows"):
         compat.sparse_tensor(feat[:-1], ind, 2, levels=1)
-
-
-def test_set_conv_algo() -> None:
-    model = spunet_small(3, 5)
-    compat.set_conv_algo(model, compat.ConvAlgo.Native)
-    convs = [m for m in model.modules() if isinstance(m, SparseConvolution)]
-    assert convs and all(conv.algo == compat.ConvAlgo.Native for conv in convs)
-
-
-def test_convs_built_for_implicit_gemm_run_native_on_cpu_tensors() -> None:
-    # what a model built on a GPU machine holds; spconv's implicit GEMM is CUDA-only
-    torch.manual_seed(0)
-    native = spunet_small(3, 5).eval()
-    gpu_built = compat.set_conv_algo(spunet_small(3, 5).eval(), compat.ConvAlgo.MaskImplicitGemm)
-    gpu_built.load_state_dict(native.state_dict())
-    feat, ind = random_scene(3, size=16)
-    with torch.no_grad():
-        torch.testing.assert_close(gpu_built(feat, ind, 2), native(feat, ind, 2), rtol=0, atol=0)
-    convs = [m for m in gpu_built.modules() if isinstance(m, SparseConvolution)]
-    assert {m.algo for m in convs} == {compat.ConvAlgo.Native}
-    assert {m._pointseg_cuda_algo for m in convs} == {compat.ConvAlgo.MaskImplicitGemm}

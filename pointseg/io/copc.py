@@ -1,0 +1,102 @@
+"""LAS/LAZ/COPC points in chunks, optionally only those in an x/y box.
+
+A COPC file (``.copc.laz``: a LAZ 1.4 file whose points are stored by octree node) with a box
+is read with ``laspy.CopcReader.query``, which decompresses only the nodes that touch the box;
+any other LAS/LAZ file (COPC without a box too) is read in file order with laspy's chunk
+iterator and filtered. Either way the points come in the same order on every pass, so a
+point's running index among the yielded points names it across passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pointseg.io.formats import PointFileError
+
+Box = tuple[float, float, float, float]  # xmin, ymin, xmax, ymax (world units, inclusive)
+
+
+def check_box(bounds: Sequence[float] | None, *, where: str = "bounds") -> Box | None:
+    if bounds is None:
+        return None
+    b = [float(v) for v in bounds]
+    if len(b) != 4 or not (b[0] < b[2] and b[1] < b[3]):
+        raise ValueError(
+            f"{where}={list(bounds)}: give [xmin, ymin, xmax, ymax] with xmin < xmax, ymin < ymax"
+        )
+    return b[0], b[1], b[2], b[3]
+
+
+def is_copc(path: str | Path) -> bool:
+    """True for a COPC file (its first VLR is the COPC info VLR)."""
+    import laspy
+
+    try:
+        with laspy.open(path) as reader:
+            return any(type(v).__name__ == "CopcInfoVlr" for v in reader.header.vlrs)
+    except Exception as err:
+        raise PointFileError(
+            f"cannot read {path}: {err}; the file is truncated (re-export it) or not LAS/LAZ"
+        ) from err
+
+
+def in_box(x: np.ndarray, y: np.ndarray, box: Box | None) -> np.ndarray:
+    if box is None:
+        return np.ones(len(x), bool)
+    return (x >= box[0]) & (x <= box[2]) & (y >= box[1]) & (y <= box[3])
+
+
+def las_header(path: str | Path) -> Any:
+    import laspy
+
+    with laspy.open(path) as reader:
+        return reader.header
+
+
+def point_chunks(path: str | Path, *, box: Box | None, chunk_size: int) -> Iterator[Any]:
+    """laspy ``ScaleAwarePointRecord`` chunks of the points in ``box`` (all without one)."""
+    import laspy
+
+    path = Path(path)
+    try:
+        if box is not None and is_copc(path):
+            with laspy.CopcReader.open(path) as reader:
+                lo, hi = reader.header.mins, reader.header.maxs
+                bounds = laspy.copc.Bounds(
+                    mins=np.array([box[0], box[1], lo[2] - 1.0]),
+                    maxs=np.array([box[2], box[3], hi[2] + 1.0]),
+                )
+                points = reader.query(bounds)
+            keep = in_box(np.asarray(points.x), np.asarray(points.y), box)
+            points.array = points.array[keep]
+            for i in range(0, len(points), chunk_size):
+                yield points[i : i + chunk_size]
+            return
+        with laspy.open(path) as reader:
+            for chunk in reader.chunk_iterator(chunk_size):
+                if box is not None:
+                    keep = in_box(np.asarray(chunk.x), np.asarray(chunk.y), box)
+                    if not keep.any():
+                        continue
+                    chunk = chunk[keep]
+                yield chunk
+    except PointFileError:
+        raise
+    except Exception as err:
+        raise PointFileError(
+            f"cannot read {path}: {err}; the file is truncated or damaged (re-export it)"
+        ) from err
+
+
+def plain_header(header: Any) -> Any:
+    """A copy of ``header`` for a plain LAS/LAZ output: without the COPC VLRs (the copy is not
+    ordered by octree node, so it must not claim to be COPC)."""
+    import copy
+
+    out = copy.deepcopy(header)
+    out.vlrs = [v for v in out.vlrs if not type(v).__name__.startswith("Copc")]
+    return out

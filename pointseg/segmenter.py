@@ -1,0 +1,322 @@
+"""A trained model's whole path from raw points to labels, as one object.
+
+``Segmenter.from_checkpoint(path)`` is the one way pointseg turns a checkpoint into
+something that labels points. It holds the network, the class names and the
+:class:`FeatureRecipe`: how the training samples were made from raw files (the reader
+options, such as the LAS heights above ground, the transforms before voxelization, the
+voxel size and the feature keys). The recipe is written into every checkpoint at training
+time, so a model trained on prepared scenes labels the raw file the scenes came from with
+the same features. Block inference and test-time augmentation come from
+``pointseg.inference``. Every command that labels points uses it: ``pointseg-eval``'s scene
+path, ``pointseg-predict``, ``pointseg-submit``, pruning's measurements and the viewer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pointseg.data.voxelize import voxelize_chunked
+from pointseg.inference import InferenceOptions, Prediction, _transform, plan_blocks
+from pointseg.io import label_dtype, read_points
+
+Sample = dict[str, Any]
+RECIPE_KEY = "pointseg_recipe"  # the checkpoint entry holding FeatureRecipe.to_dict()
+_VOXELIZE = "pointseg.data.transforms.Voxelize"
+
+
+@dataclass(frozen=True)
+class FeatureRecipe:
+    """How a model's input is made from a raw file; plain data, stored in checkpoints."""
+
+    class_names: tuple[str, ...]
+    feat_keys: tuple[str, ...]
+    voxel_size: float
+    transforms: tuple[dict[str, Any], ...] = ()  # Hydra configs, applied before voxelizing
+    reader: dict[str, Any] = field(default_factory=dict)  # keyword options of read_points
+
+    @classmethod
+    def from_data_config(
+        cls, data: Mapping[str, Any], *, reader: Mapping[str, Any] | None = None
+    ) -> FeatureRecipe:
+        """The recipe of a (resolved, plain) ``data`` config, whose ``val_transforms`` end
+        with ``Voxelize``; ``reader``: the reader options of the dataset's raw files."""
+        where = "data.val_transforms"
+        transforms = [dict(t) for t in data.get("val_transforms") or []]
+        if not transforms or transforms[-1].get("_target_") != _VOXELIZE:
+            got = [t.get("_target_") for t in transforms]
+            raise ValueError(f"{where} must end with {_VOXELIZE} (got {got})")
+        vox = transforms.pop()
+        if vox.get("mode", "mean") != "mean":
+            raise ValueError(f"{where}: the last Voxelize must use mode=mean (got {vox['mode']})")
+        recipe = cls(
+            class_names=tuple(data["class_names"]),
+            feat_keys=tuple(vox["feat_keys"]),
+            voxel_size=float(vox["voxel_size"]),
+            transforms=tuple(transforms),
+            reader=dict(reader or {}),
+        )
+        recipe.check()
+        return recipe
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, where: str = "checkpoint") -> FeatureRecipe:
+        try:
+            recipe = cls(
+                class_names=tuple(d["class_names"]),
+                feat_keys=tuple(d["feat_keys"]),
+                voxel_size=float(d["voxel_size"]),
+                transforms=tuple(dict(t) for t in d.get("transforms", ())),
+                reader=dict(d.get("reader") or {}),
+            )
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{where}: damaged feature recipe ({err!r}); re-train") from err
+        recipe.check()
+        return recipe
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain containers only (checkpoints load with ``weights_only=True``)."""
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    def check(self) -> None:
+        if not self.class_names:
+            raise ValueError("a feature recipe needs at least one class name")
+        if not self.voxel_size > 0:
+            raise ValueError(f"voxel_size must be > 0, got {self.voxel_size}")
+        if not self.feat_keys:
+            raise ValueError("a feature recipe needs at least one feature key")
+
+    def build_transforms(self) -> Callable[[Sample], Sample]:
+        import hydra
+
+        from pointseg.data.transforms import Compose
+
+        return Compose([hydra.utils.instantiate(dict(t)) for t in self.transforms])
+
+    @property
+    def derived(self) -> set[str]:
+        """Feature keys the transforms add (e.g. ``AddHeight``'s ``height``)."""
+        import hydra
+
+        keys: set[str] = set()
+        for t in self.transforms:
+            keys |= set(getattr(hydra.utils.get_class(t["_target_"]), "adds", ()))
+        return keys
+
+    @property
+    def file_features(self) -> list[str]:
+        """Features the raw file (through the reader) must provide."""
+        return [k for k in self.feat_keys if k not in self.derived]
+
+    def read(self, path: str | Path, **options: Any) -> Sample:
+        """Read a raw file as the model's training samples were made from theirs."""
+        feats = self.file_features
+        return read_points(
+            path, require=feats, feat_keys=self.feat_keys, only=feats, **self.reader, **options
+        )
+
+
+class Segmenter:
+    """Network + classes + feature recipe + inference options: raw points in, labels out."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        recipe: FeatureRecipe,
+        *,
+        options: InferenceOptions | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        stages = getattr(net, "num_stages", None)
+        if not isinstance(stages, int) or stages < 0:
+            raise ValueError(
+                f"{type(net).__name__} has no integer `num_stages` (how many times it halves "
+                "the grid); block inference needs it to keep blocks on the pooling grid"
+            )
+        self.net = net.eval().to(device)
+        self.device = torch.device(device)
+        self.recipe = recipe
+        self.options = options or InferenceOptions()
+        self.align = 2**stages
+        self.pre_transform = recipe.build_transforms()
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.recipe.class_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.recipe.class_names)
+
+    @property
+    def feat_keys(self) -> list[str]:
+        return list(self.recipe.feat_keys)
+
+    @property
+    def voxel_size(self) -> float:
+        return self.recipe.voxel_size
+
+    @property
+    def file_features(self) -> list[str]:
+        return self.recipe.file_features
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        *,
+        options: InferenceOptions | None = None,
+        device: str = "auto",
+        trust: bool = False,
+        data_overrides: Mapping[str, Any] | None = None,
+        ckpt: Mapping[str, Any] | None = None,
+    ) -> Segmenter:
+        """The checkpoint's network with its recipe (``ckpt``: ``path`` already loaded).
+        ``data_overrides`` (eval's ``data.*``) change the stored data config; a checkpoint
+        written before recipes were stored gets one from its stored data config."""
+        from pointseg.checkpoint import build_net, load_checkpoint, stored_recipe
+
+        ckpt = load_checkpoint(path, trust=trust) if ckpt is None else ckpt
+        recipe = stored_recipe(ckpt, data_overrides=data_overrides, where=str(path))
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return cls(build_net(ckpt), recipe, options=options, device=device)
+
+    def read(self, path: str | Path, **options: Any) -> Sample:
+        return self.recipe.read(path, chunk_size=self.options.chunk_size, **options)
+
+    @torch.no_grad()
+    def _scores(self, grid: np.ndarray, feat: np.ndarray, counts: np.ndarray, groups) -> np.ndarray:
+        """Mean softmax over the TTA copies of one block: (B, K) float32."""
+        total = None
+        for angle, flip, scale in self.options.variants():
+            g, f, back = _transform(
+                grid, feat, counts, groups, angle=angle, flip=flip, scale=scale, align=self.align
+            )
+            idx = torch.zeros((len(g), 4), dtype=torch.int32)
+            idx[:, 1:] = torch.from_numpy(g.astype(np.int32))
+            x = torch.from_numpy(np.ascontiguousarray(f)).to(self.device)
+            probs = torch.softmax(self.net(x, idx.to(self.device), 1).float(), 1).cpu().numpy()
+            probs = probs if back is None else probs[back]
+            total = probs if total is None else total + probs
+        return total / len(self.options.variants())
+
+    def predict(
+        self, sample: Sample, *, progress: Any = None, grid_origin: np.ndarray | None = None
+    ) -> Prediction:
+        """Labels for every point of ``sample`` (from :meth:`read` or a dataset's raw
+        scene); ``progress`` (a tqdm bar) is advanced once per block. ``grid_origin`` (3,)
+        (``coord``'s frame): ``sample`` is a spatial chunk of a larger tile whose voxel grid
+        starts there; it is voxelized on that grid and always labelled in blocks on the
+        tile's block grid, so its voxels get the votes they get in a whole-tile block run."""
+        sample = self.pre_transform(dict(sample))
+        missing = [k for k in self.feat_keys if k not in sample]
+        if missing:
+            raise KeyError(f"feature(s) {missing} missing (the sample has {sorted(sample)})")
+        opts = self.options
+        vox = voxelize_chunked(
+            sample, self.feat_keys, voxel_size=self.voxel_size, chunk_size=opts.chunk_size,
+            grid_origin=grid_origin,
+        )  # fmt: skip
+        del sample
+        m = len(vox.grid)
+        whole = grid_origin is None and m <= opts.single_pass_max_voxels
+        if opts.block_size is None or whole:
+            nblocks, blocks = 1, iter([(np.arange(m), np.ones(m, np.float32))])
+        else:
+            tile = max(1, round(opts.block_size / self.voxel_size))
+            margin = round(opts.overlap / self.voxel_size)
+            nblocks, blocks = plan_blocks(
+                vox.grid, tile=tile, margin=margin, margin_weight=opts.margin_weight
+            )
+        if progress is not None:
+            progress.reset(total=nblocks)
+        acc = np.zeros((m, self.num_classes), np.float32)
+        for ids, weight in blocks:
+            grid = vox.grid[ids].astype(np.int64)
+            probs = self._scores(grid, vox.feat[ids], vox.counts[ids], vox.groups)
+            acc[ids] += weight[:, None] * probs
+            if progress is not None:
+                progress.update(1)
+        acc /= acc.sum(1, keepdims=True)
+        labels = acc.argmax(1).astype(label_dtype(self.num_classes))[vox.inverse]
+        return Prediction(labels=labels, voxel_probs=acc, inverse=vox.inverse, num_blocks=nblocks)
+
+
+def score_scenes(
+    segmenter: Segmenter,
+    scenes: Iterable[Sample],
+    *,
+    ignore_index: int,
+    progress: bool = False,
+    total: int | None = None,
+    on_scene: Callable[[int, Sample, np.ndarray], None] | None = None,
+) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """The one scene-scoring loop: label every raw scene (with ``segment``) and return the
+    summed (K, K) confusion matrix and per-scene scores; ``on_scene(i, sample, labels)``
+    sees each scene's labels (to write or render them)."""
+    from tqdm import tqdm
+
+    from pointseg.metrics import confusion_matrix, scores
+
+    k = segmenter.num_classes
+    confmat = torch.zeros((k, k), dtype=torch.long)
+    per_scene = []
+    bar = tqdm(scenes, total=total, desc="scenes", unit="scene", disable=not progress)
+    for i, sample in enumerate(bar):
+        labels = segmenter.predict(sample).labels
+        cm = confusion_matrix(
+            torch.from_numpy(labels.astype(np.int64)),
+            torch.as_tensor(np.asarray(sample["segment"]), dtype=torch.long),
+            k,
+            ignore_index,
+        )
+        confmat += cm
+        sc = scores(cm)
+        name = str(sample.get("name", i))
+        per_scene.append(
+            {"scene": i, "name": name, "points": len(labels), "miou": sc.miou, "allacc": sc.allacc}
+        )
+        if on_scene is not None:
+            on_scene(i, sample, labels)
+    return confmat, per_scene
+
+
+def dataset_scenes(dataset: Any) -> tuple[Iterable[Sample], int]:
+    """(raw scenes of a map-style dataset, their count) for :func:`score_scenes`."""
+    n = len(dataset)
+    return (dataset[i] for i in range(n)), n
+
+
+def reader_options(dataset: Any) -> dict[str, Any]:
+    """The reader options of a dataset's raw files (``reader_options()`` where it has one)."""
+    get: Callable[[], Mapping[str, Any]] | None = getattr(dataset, "reader_options", None)
+    return dict(get()) if get is not None else {}
+
+
+def feature_recipe(run_config: Mapping[str, Any], datamodule: Any = None) -> FeatureRecipe:
+    """The recipe of a training run: its data config plus its dataset's reader options."""
+    reader: dict[str, Any] = {}
+    if datamodule is not None:
+        factory = getattr(datamodule, "factories", {}).get("val")
+        if factory is not None:
+            reader = reader_options(factory(transform=None))
+    return FeatureRecipe.from_data_config(run_config["data"], reader=reader)
+
+
+__all__: Sequence[str] = (
+    "RECIPE_KEY",
+    "FeatureRecipe",
+    "Segmenter",
+    "dataset_scenes",
+    "feature_recipe",
+    "reader_options",
+    "score_scenes",
+)

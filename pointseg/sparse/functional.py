@@ -1,0 +1,170 @@
+"""``sparse_conv``: one sparse conv of a ``SparseConvTensor``, with an explicit choice of kernel.
+
+The choice, made on every call from the backend setting (``config``), the device and the conv:
+
+===================  =====================================  ===================================
+backend / device     rulebook (cached per ``indice_key``)   kernel
+===================  =====================================  ===================================
+pointseg / CPU       ``rulebook.build`` (lookup tables)     ``cpu_conv`` gather-GEMM-scatter
+pointseg / CUDA      spconv's implicit GEMM (<= 32 offsets) spconv's ``implicit_gemm`` op
+                     spconv's Native (more offsets)         ``gather_conv`` (submanifold, few
+                                                            columns: the stem) or spconv's loop
+spconv / any         spconv's, with spconv's algorithm      spconv's, as shipped
+===================  =====================================  ===================================
+
+A rulebook is built by the first conv of a forward that uses its ``indice_key`` and stored in
+the tensor's ``indice_dict``: every later conv of that key (the level's submanifold convs, the
+inverse conv undoing a strided one) and every backward pass reuse it, with whatever the kernels
+derived from it. A new kernel (e.g. grouped convs) is one more branch in ``_run``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from spconv.core import ConvAlgo
+from spconv.pytorch import SparseConvTensor
+from spconv.pytorch.core import ImplicitGemmIndiceData, IndiceData
+from torch import Tensor
+
+from pointseg.sparse import cpu_conv, gather_conv, spconv_ops
+from pointseg.sparse.config import get_backend
+from pointseg.sparse.rulebook import Rulebook, build
+
+Kind = Literal["subm", "conv", "inverse"]
+AnyRulebook = Rulebook | IndiceData | ImplicitGemmIndiceData
+
+
+class _CPUConv(torch.autograd.Function):
+    """``cpu_conv`` with autograd; the rulebook (and its cached orders) is shared with backward."""
+
+    @staticmethod
+    def forward(ctx, features: Tensor, weight: Tensor, rb: Rulebook, inverse: bool) -> Tensor:
+        ctx.save_for_backward(features, weight)
+        ctx.rb, ctx.inverse = rb, inverse
+        return cpu_conv.conv_forward(features, weight, rb, inverse=inverse)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        features, weight = ctx.saved_tensors
+        grad_in, grad_w = cpu_conv.conv_backward(
+            features,
+            weight,
+            grad_out,
+            ctx.rb,
+            inverse=ctx.inverse,
+            input_grad=ctx.needs_input_grad[0],
+        )
+        return grad_in, grad_w, None, None
+
+
+class _GatherConv(torch.autograd.Function):
+    """``gather_conv`` (a submanifold conv as one gather and one GEMM) with autograd."""
+
+    @staticmethod
+    def forward(ctx, features: Tensor, weight: Tensor, pairs: Tensor, counts: Tensor) -> Tensor:
+        ctx.save_for_backward(features, weight, pairs, counts)
+        return gather_conv.forward(features, weight, pairs, counts)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        features, weight, pairs, counts = ctx.saved_tensors
+        grad_in, grad_w = gather_conv.backward(
+            features, weight, grad_out, pairs, counts, input_grad=ctx.needs_input_grad[0]
+        )
+        return grad_in, grad_w, None, None
+
+
+def _build(x: SparseConvTensor, kind: Kind, kv: int, geometry: dict) -> AnyRulebook:
+    """A new rulebook for a conv of ``kind`` over ``x``'s sites, in the backend's format."""
+    if kind == "inverse":
+        raise ValueError("an inverse conv needs the rulebook of its strided conv (indice_key)")
+    subm = kind == "subm"
+    ours = get_backend() == "pointseg"
+    if ours and not x.features.is_cuda:
+        return build(x.indices, x.batch_size, list(x.spatial_shape), subm=subm, **geometry)
+    algo = spconv_ops.algo_for(x.features, kv)
+    if algo == ConvAlgo.Native:
+        return spconv_ops.native_rulebook(x, subm=subm, **geometry)
+    return spconv_ops.implicit_rulebook(x, subm=subm, algo=algo, **geometry)
+
+
+def _run(x: SparseConvTensor, weight: Tensor, rb: AnyRulebook, kind: Kind) -> Tensor:
+    """(N_out, C_out) features of the conv, on the kernel the rulebook and backend call for."""
+    inverse = kind == "inverse"
+    features = x.features
+    if isinstance(rb, Rulebook):
+        if features.dtype != torch.float32 or weight.dtype != torch.float32:
+            raise TypeError(f"CPU sparse convs run in float32, got {features.dtype} features")
+        return _CPUConv.apply(features, weight, rb, inverse)
+    if isinstance(rb, ImplicitGemmIndiceData):
+        return spconv_ops.implicit_conv(x, weight, rb, inverse=inverse)
+    if (
+        get_backend() == "pointseg"
+        and features.dtype == weight.dtype
+        and features.dtype in (torch.float16, torch.bfloat16, torch.float32)
+        and gather_conv.usable(features, weight, rb.is_subm, inverse)
+    ):
+        return _GatherConv.apply(features, weight, rb.indice_pairs, rb.indice_pair_num)
+    return spconv_ops.native_conv(x, weight, rb, inverse=inverse)
+
+
+def _checked_reuse(rb: AnyRulebook, x: SparseConvTensor, kind: Kind, key: str) -> AnyRulebook:
+    """Refuse a cached rulebook that does not fit this conv (a wrong ``indice_key``)."""
+    backend = get_backend()
+    if isinstance(rb, Rulebook) != (backend == "pointseg" and not x.features.is_cuda):
+        raise RuntimeError(
+            f"indice_key {key!r}: its rulebook was built by another backend; switch backends "
+            "between forwards, not inside one"
+        )
+    sites = rb.out_indices if kind == "inverse" else rb.indices
+    if kind == "inverse" and rb.is_subm:
+        raise ValueError(f"indice_key {key!r} belongs to a submanifold conv; an inverse conv "
+                         "needs a strided conv's key")  # fmt: skip
+    if kind == "conv" or (kind == "subm" and not rb.is_subm) or len(sites) != len(x.features):
+        raise ValueError(
+            f"indice_key {key!r} is already used by a conv over other sites; give each strided "
+            "conv its own key and share a key only between convs over the same sites"
+        )
+    return rb
+
+
+def sparse_conv(
+    x: SparseConvTensor,
+    weight: Tensor,
+    *,
+    kind: Kind,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    indice_key: str | None,
+) -> SparseConvTensor:
+    """Apply a sparse conv with KRSC ``weight`` (C_out, *kernel, C_in) to ``x``.
+
+    ``kind``: "subm" (output sites = input sites, same rows), "conv" (strided/regular: new
+    output sites), "inverse" (back to the input sites of the strided conv that stored its
+    rulebook under ``indice_key``).
+    """
+    ksize = list(weight.shape[1:-1])
+    if x.features.shape[1] != weight.shape[-1]:
+        raise ValueError(f"expected {weight.shape[-1]} input channels, got {x.features.shape[1]}")
+    geometry = {"ksize": ksize, "stride": stride, "padding": padding, "dilation": dilation}
+    rb = x.indice_dict.get(indice_key) if indice_key is not None else None
+    fresh = rb is None
+    if fresh:
+        rb = _build(x, kind, math.prod(ksize), geometry)
+    else:
+        rb = _checked_reuse(rb, x, kind, indice_key)
+    features = _run(x, weight, rb, kind)
+    if kind == "inverse":
+        indices, shape = rb.indices, rb.spatial_shape
+    else:
+        indices, shape = rb.out_indices, rb.out_spatial_shape
+    out = x.replace_feature(features)
+    out.indice_dict = dict(x.indice_dict)
+    if fresh and indice_key is not None:
+        out.indice_dict[indice_key] = rb
+    out.indices, out.spatial_shape = indices, list(shape)
+    return out

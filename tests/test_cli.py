@@ -1,0 +1,106 @@
+"""What the console scripts share: --help, required options, a missing spconv, the run log."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+
+from pointseg.cli import command_help, missing_options, output_to_log, quiet_third_party
+from pointseg.guards import INPUT_ERROR_EXIT, guard_task, missing_spconv, run_hydra
+from pointseg.utils import CONF_DIR
+
+
+def test_help_lists_the_commands_own_options_with_their_comments() -> None:
+    text = command_help("pointseg-predict", "predict", CONF_DIR)
+    assert text.startswith("usage: pointseg-predict ckpt_path=")
+    required = text.split("required:")[1].split("options")[0]
+    assert "ckpt_path" in required and "input" in required
+    assert "threads=null" in text and "the CPUs this process may use" in text  # yaml comment
+    # predict's own groups only (trainer: its one-process default or DDP), nothing of train's
+    assert "data:" not in text and "model:" not in text and "experiment:" not in text
+    assert "docs/predict.md" in text
+    train = command_help("pointseg-train", "train", CONF_DIR)
+    assert "  data: " in train and "synthetic" in train and "experiment: " in train
+
+
+def test_missing_options_before_anything_runs() -> None:
+    assert missing_options("predict", [], CONF_DIR) == ["ckpt_path", "input"]
+    assert missing_options("predict", ["input=a.ply"], CONF_DIR) == ["ckpt_path"]
+    assert missing_options("predict", ["input=a.ply", "ckpt_path=b.ckpt"], CONF_DIR) == []
+    assert missing_options("predict", ["--cfg", "job"], CONF_DIR) == []  # nothing will run
+    assert missing_options("train", [], CONF_DIR) == []
+
+
+def test_run_hydra_answers_help_and_missing_options_without_a_run_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    def never() -> None:
+        raise AssertionError("Hydra should not run")
+
+    monkeypatch.setattr(sys, "argv", ["pointseg-eval", "split=val"])
+    with pytest.raises(SystemExit) as stop:
+        run_hydra(never, "eval")
+    assert stop.value.code == INPUT_ERROR_EXIT
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "missing required option ckpt_path=" in err
+    monkeypatch.setattr(sys, "argv", ["pointseg-eval", "--help"])
+    with pytest.raises(SystemExit) as stop:
+        run_hydra(never, "eval")
+    assert stop.value.code == 0 and "usage: pointseg-eval" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_spconv_names_the_wheel(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "spconv", None)  # as if it were not installed
+    with pytest.raises(SystemExit) as stop:
+        guard_task("pointseg-train")(lambda: None)()
+    assert stop.value.code == INPUT_ERROR_EXIT
+    assert "pip install spconv==2.3.8" in capsys.readouterr().err
+    # Hydra's "Error locating target" wraps the ImportError of the model's module
+    try:
+        try:
+            raise ModuleNotFoundError("No module named 'spconv'", name="spconv")
+        except ImportError as inner:
+            raise RuntimeError("Error locating target 'pointseg.models.sparse_unet'") from inner
+    except RuntimeError as outer:
+        assert missing_spconv(outer)
+    assert not missing_spconv(ModuleNotFoundError("No module named 'laspy'", name="laspy"))
+
+
+def test_printed_lines_reach_the_log_file_but_not_progress_bars(tmp_path: Path) -> None:
+    handler = logging.FileHandler(tmp_path / "job.log")
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        with output_to_log():
+            print("val/miou: 0.5000")
+            sys.stdout.write("\rEpoch 0:  50%|#####     | 1/2\rEpoch 0: 100%|##########| 2/2\n")
+            print("run_dir: /x", file=sys.stderr)
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+    text = (tmp_path / "job.log").read_text()
+    assert "val/miou: 0.5000" in text and "run_dir: /x" in text and "Epoch" not in text
+
+
+def test_quiet_third_party_drops_only_the_two_notices(caplog: pytest.LogCaptureFixture) -> None:
+    quiet_third_party()
+    fx = logging.getLogger("torch.fx._symbolic_trace")
+    with caplog.at_level(logging.INFO):
+        fx.warning("is_fx_tracing will return true for both fx.symbolic_trace and torch.export")
+        fx.warning("another torch.fx warning")
+        logging.getLogger("pytorch_lightning.utilities.rank_zero").info(
+            "💡 Tip: For seamless cloud logging and experiment tracking, try litlogger"
+        )
+        logging.getLogger("pytorch_lightning.utilities.rank_zero").info("GPU available: False")
+    assert [r.getMessage() for r in caplog.records] == [
+        "another torch.fx warning",
+        "GPU available: False",
+    ]

@@ -10,7 +10,7 @@ ARGS ?=
 # pytest arguments for `make test`, e.g. make test PYTEST_ARGS="-m 'not slow'"
 PYTEST_ARGS ?=
 
-.PHONY: setup train test test-fast bench lint format clean
+.PHONY: setup train test test-fast bench realdata lint format clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -32,6 +32,12 @@ test-fast: setup
 BENCH_ARGS ?=
 bench: setup
 	$(PY) scripts/bench.py $(BENCH_ARGS)
+
+# trains and scores pointseg on ../shared/data/real next to two classical baselines and writes
+# docs/real_data.md (CPU, about an hour on 2 cores); REALDATA_ARGS="--only ahn3,ign"
+REALDATA_ARGS ?=
+realdata: setup
+	$(PY) scripts/real_data.py $(REALDATA_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check pointseg tests scripts

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
@@ -39,6 +41,7 @@ class SegmentationModule(pl.LightningModule):
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         class_weights: Sequence[float] | None = None,
+        class_weighting: str | None = None,
     ) -> None:
         super().__init__()
         if len(class_names) != num_classes:
@@ -56,6 +59,17 @@ class SegmentationModule(pl.LightningModule):
                     f"class_weights has {len(class_weights)} entries, expected {num_classes}"
                 )
             weight = torch.as_tensor(list(class_weights), dtype=torch.float32)
+        if class_weighting is not None:
+            if class_weighting not in CLASS_WEIGHTINGS:
+                raise ValueError(
+                    f"model.class_weighting={class_weighting!r}; use one of {CLASS_WEIGHTINGS} "
+                    "or null"
+                )
+            if weight is not None:
+                raise ValueError("set model.class_weights or model.class_weighting, not both")
+            # filled from the training labels in setup("fit"); a buffer, so checkpoints keep it
+            weight = torch.ones(num_classes, dtype=torch.float32)
+        self.class_weighting = class_weighting
         self.criterion = nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
         self.val_cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
         self.test_cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
@@ -64,6 +78,18 @@ class SegmentationModule(pl.LightningModule):
         self.feature_recipe: dict[str, Any] | None = None  # pointseg.segmenter.FeatureRecipe
         self.last_scores: dict[str, SegmentationScores] = {}
         self._resumed_schedule: dict[str, Any] | None = None  # LR schedule state being resumed
+
+    def setup(self, stage: str) -> None:
+        if stage != "fit" or self.class_weighting is None:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "dataset"):
+            raise ValueError("model.class_weighting needs a datamodule with a training dataset")
+        counts = train_class_counts(datamodule.dataset("train"), self.num_classes)
+        weight = frequency_weights(counts, self.class_weighting)
+        self.criterion.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+        names = ", ".join(f"{n} {w:.2f}" for n, w in zip(self.class_names, weight, strict=True))
+        print(f"class weights ({self.class_weighting}): {names}")
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
         """Point logits ``(N, K)`` for the points indexed by ``batch['inverse']``."""
@@ -156,6 +182,51 @@ class SegmentationModule(pl.LightningModule):
             checkpoint["pointseg_config"] = plain(self.run_config, where="pointseg_config")
         if self.feature_recipe is not None:
             checkpoint["pointseg_recipe"] = plain(self.feature_recipe, where="pointseg_recipe")
+
+
+CLASS_WEIGHTINGS = ("sqrt_inverse", "inverse")
+
+
+def frequency_weights(counts: Sequence[int] | np.ndarray, scheme: str) -> np.ndarray:
+    """Loss weights from training label counts: ``sqrt_inverse`` ``1 / sqrt(f_k)`` (rare
+    classes count more, but a class of a few hundred points cannot swamp the loss),
+    ``inverse`` ``1 / f_k``. Scaled to mean 1 over the classes present; absent classes get 1
+    (they are never a target, so their weight only matters for later fine-tuning)."""
+    n = np.asarray(counts, dtype=np.float64)
+    if n.ndim != 1 or (n < 0).any() or not n.sum() > 0:
+        raise ValueError(f"class counts must be >= 0 with a positive sum, got {n}")
+    present = n > 0
+    f = n[present] / n.sum()
+    w = f**-0.5 if scheme == "sqrt_inverse" else 1.0 / f
+    out = np.ones_like(n)
+    out[present] = w / w.mean()
+    return out
+
+
+def train_class_counts(dataset: Any, num_classes: int, *, max_items: int = 2000) -> np.ndarray:
+    """Labelled points per class in a training dataset: from the scene folders' ``segment.npy``
+    when it has them (fast, no transform), else by reading each distinct item once."""
+    counts = np.zeros(num_classes, dtype=np.int64)
+
+    def add(segment: np.ndarray) -> None:
+        seg = np.asarray(segment).reshape(-1)
+        seg = seg[(seg >= 0) & (seg < num_classes)]
+        counts[:] += np.bincount(seg, minlength=num_classes)[:num_classes]
+
+    scenes = getattr(dataset, "scenes", None)
+    if scenes and all((Path(s) / "segment.npy").is_file() for s in scenes):
+        for scene in scenes:
+            add(np.load(Path(scene) / "segment.npy", mmap_mode="r"))
+        return counts
+    items = len(dataset) // max(int(getattr(dataset, "loop", 1)), 1)
+    if items > max_items:
+        raise ValueError(
+            f"model.class_weighting would read {items} training items to count labels; give "
+            "model.class_weights explicitly for a dataset this large"
+        )
+    for i in range(items):
+        add(dataset[i]["segment"])
+    return counts
 
 
 def poly_lr(

@@ -11,6 +11,7 @@ import pytest
 from pointseg.data.scenes import read_scene
 from pointseg.data.transforms import Voxelize
 from pointseg.eval import evaluate
+from pointseg.io import read_points
 from pointseg.io.las import height_above_local_min, load_class_map
 from pointseg.prepare import main as prepare_main
 from pointseg.prepare.common import PrepareError
@@ -87,8 +88,16 @@ def test_labels_features_and_partition_point_by_point(tmp_path: Path, suffix: st
         assert s["coord"].dtype == np.float32 and (s["coord"][:, :2] >= 0).all()
         assert (s["coord"][:, :2] < 50).all()
         assert np.allclose(s["color"], np.stack([las.red, las.green, las.blue], 1)[idx] / 65535)
-        assert np.allclose(s["strength"][:, 0], np.asarray(las.intensity)[idx] / 65535)
-        assert s["returns"].shape == (len(idx), 2) and s["hag"].shape == (len(idx), 3)
+        p99 = np.percentile(np.asarray(las.intensity), 99)  # of the whole tile, not the block
+        strength = np.clip(np.asarray(las.intensity)[idx] / p99, 0, 2)
+        assert np.allclose(s["strength"][:, 0], strength)
+        assert s["returns"].shape == (len(idx), 2) and s["hag"].shape == (len(idx), 5)
+        assert s["geom"].shape == (len(idx), 4) and (s["geom"] >= 0).all()
+        # the recorded keyword options of las_features rebuild every array from the raw file,
+        # read as pointseg-predict reads it
+        raw = read_points(meta["source"], format="las", las=meta["feature_options"])
+        for key in [k for k in ("hag", "strength", "returns", "geom", "color") if k in raw]:
+            assert np.array_equal(s[key], raw[key][idx]), key
     # asprs map: 1 unclassified and 7 noise are ignored, 3 -> low_vegetation, 6 -> building
     assert set(np.unique(expected)) == {-1, 0, 1, 3, 4}
 
@@ -219,10 +228,13 @@ def test_cli_inline_class_map_and_folder_split(tmp_path: Path) -> None:
     make_tile(tmp_path / "raw" / "val" / "sub" / "b.las", n=300, codes=(1, 2), seed=3)
     prepare_main(
         ["las", f"src={tmp_path / 'raw'}", f"dst={tmp_path / 'out'}", "split_by=folder",
-         "class_map={ground: [2], other: [1]}", "block_size=0"]
+         "class_map={ground: [2], other: [1]}", "block_size=40", "geometry_k=8"]
     )  # fmt: skip
-    assert (tmp_path / "out" / "train" / "a_block_0_0").is_dir()
-    assert (tmp_path / "out" / "val" / "b_block_0_0").is_dir()
+    assert len(list((tmp_path / "out" / "train").glob("a_block_*"))) > 1  # training: blocks
+    (val,) = (tmp_path / "out" / "val").iterdir()  # an evaluation tile: whole, named after it
+    assert val.name == "b" and len(np.load(val / "point_index.npy")) == 300
+    meta = json.loads((val / "meta.json").read_text())
+    assert meta["feature_options"]["geometry_k"] == 8 and meta["block_size"] == 0
 
 
 @pytest.mark.parametrize(
@@ -245,7 +257,7 @@ def test_experiment_runs_on_a_fixture(compose_cfg, tmp_path: Path) -> None:
     make_tile(tmp_path / "t.las", n=1500, codes=(1, 2))
     prepare(
         tmp_path / "t.las", tmp_path / "data" / "las_4_6_crop", split_by="x_median",
-        class_map="ground_other", block_size=0,
+        class_map="ground_other", block_size=0, hag_radius="5,15,30",
     )  # fmt: skip
     cfg = compose_cfg(
         "train", ["experiment=las_4_6_crop", "debug=fdr", f"paths.data_dir={tmp_path / 'data'}"]
@@ -281,4 +293,5 @@ def test_generic_data_config_runs_on_default_preparation(compose_cfg, tmp_path: 
     make_tile(tmp_path / "raw" / "val" / "b.laz", n=200, seed=5)
     prepare(tmp_path / "raw", tmp_path / "data" / "las", split_by="folder", overlap=10)
     cfg = compose_cfg("train", ["data=las", "debug=fdr", f"paths.data_dir={tmp_path / 'data'}"])
-    train(cfg)  # in_channels matches the default arrays: hag (3) + strength (1) + returns (2)
+    # in_channels matches the default arrays: hag (5) + strength (1) + returns (2) + geom (4)
+    train(cfg)

@@ -523,3 +523,29 @@ class BoxCrop(_Random):
         center = _crop_center(coord, self.mode, self.rng, (lo, hi))
         inside = np.all(np.abs(coord - center) <= self.half, axis=1)
         return take_points(sample, np.flatnonzero(inside))
+
+
+class RandomFeatureScale(_Random):
+    """Multiply one per-point feature (e.g. ``strength``) by a factor drawn from
+    ``[low, high]`` per sample: robustness to another sensor's or survey's gain."""
+
+    def __init__(
+        self,
+        *,
+        key: str = "strength",
+        low: float = 0.8,
+        high: float = 1.25,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(seed)
+        if not 0 < low <= high:
+            raise ValueError(f"RandomFeatureScale needs 0 < low <= high, got {low}, {high}")
+        self.key, self.low, self.high = key, low, high
+
+    def __call__(self, sample: Sample) -> Sample:
+        if self.key not in sample:
+            return sample
+        out = dict(sample)
+        factor = np.float32(self.rng.uniform(self.low, self.high))
+        out[self.key] = np.asarray(sample[self.key], dtype=np.float32) * factor
+        return out

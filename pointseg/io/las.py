@@ -9,6 +9,7 @@ only ~7 digits and georeferenced coordinates have 6-7 before the decimal point.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,19 +272,73 @@ def height_above_local_min(xyz: np.ndarray, *, cell: float, radii: Sequence[floa
     return out
 
 
+def intensity_divisor(intensity: np.ndarray, scale: str | float = "p99") -> float:
+    """Divisor of a tile's 16-bit intensities: ``pNN`` takes the tile's NN-th percentile (robust
+    to the scanner's and the survey's gain, and to a few saturated returns), ``auto`` the
+    field's nominal range (255 or 65535, see :func:`unit_scale`), a number itself."""
+    if isinstance(scale, str) and re.fullmatch(r"p\d+(\.\d+)?", scale):
+        q = float(scale[1:])
+        if not 0 < q <= 100:
+            raise ValueError(f"intensity_scale={scale!r}: the percentile must be in (0, 100]")
+        value = float(np.percentile(intensity, q)) if intensity.size else 0.0
+        return value if value > 0 else 1.0  # an all-zero field (no intensity recorded)
+    return unit_scale(intensity, scale)
+
+
+def local_geometry(xyz: np.ndarray, *, k: int = 16, chunk: int = 200_000) -> np.ndarray:
+    """``(N, 4)`` float32 eigenvalue features of each point's ``k`` nearest neighbours (itself
+    included): linearity ``(l1 - l2) / l1``, planarity ``(l2 - l3) / l1``, scattering
+    ``l3 / l1`` and ``|n_z|``, the vertical part of the normal (smallest eigenvector): roofs
+    and ground are planar with ``|n_z|`` near 1, facades planar with ``|n_z|`` near 0, trees
+    scattered. Scale-free, so they do not depend on the tile's units or density."""
+    from scipy.spatial import cKDTree
+
+    n = len(xyz)
+    out = np.zeros((n, 4), dtype=np.float32)
+    if n < 3 or k < 3:
+        return out
+    k = min(k, n)
+    pts = xyz - xyz.min(0)  # float64, local: exact neighbours on georeferenced coordinates
+    tree = cKDTree(pts)
+    for lo in range(0, n, chunk):
+        _, idx = tree.query(pts[lo : lo + chunk], k=k, workers=-1)  # (c, k)
+        nb = pts[idx]  # (c, k, 3)
+        nb = nb - nb.mean(1, keepdims=True)
+        cov = np.einsum("cki,ckj->cij", nb, nb) / k  # (c, 3, 3)
+        val, vec = np.linalg.eigh(cov)  # ascending eigenvalues
+        val = np.clip(val, 0.0, None)
+        l1 = np.maximum(val[:, 2], 1e-12)
+        out[lo : lo + chunk, 0] = (val[:, 2] - val[:, 1]) / l1
+        out[lo : lo + chunk, 1] = (val[:, 1] - val[:, 0]) / l1
+        out[lo : lo + chunk, 2] = val[:, 0] / l1
+        out[lo : lo + chunk, 3] = np.abs(vec[:, 2, 0])
+    return out
+
+
 def las_features(
     tile: LasTile,
     *,
     color: bool | str = "auto",
     color_scale: str | float = "auto",
-    intensity_scale: str | float = "auto",
+    intensity_scale: str | float = "p99",
     hag_cell: float = 1.0,
-    hag_radii: Sequence[float] | None = (5.0, 15.0, 30.0),
+    hag_radii: Sequence[float] | None = (2.0, 5.0, 15.0, 30.0, 60.0),
+    geometry_k: int = 16,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Per-point arrays of a tile in the scene vocabulary (no coordinates, no labels) and a
-    dict describing how they were made (for ``meta.json``): ``strength (N, 1)``,
-    ``returns (N, 2)`` (return number, number of returns), ``hag (N, len(hag_radii))`` and,
-    when the tile has colour, ``color (N, 3)``."""
+    dict describing how they were made (for ``meta.json``).
+
+    Every per-point LAS feature is made here, from the tile alone, so a prepared scene and a
+    raw tile labelled later with the same keyword options get identical features:
+
+    - ``strength (N, 1)``: intensity divided by the tile's 99th percentile (``p99``; ``auto``
+      divides by the field's nominal range instead), clipped to [0, 2];
+    - ``returns (N, 2)``: return number and number of returns;
+    - ``hag (N, len(hag_radii))``: heights above the lowest point within each radius;
+    - ``geom (N, 4)``: linearity, planarity, scattering, |normal z| of the ``geometry_k``
+      nearest neighbours (``geometry_k=0`` leaves it out);
+    - ``color (N, 3)`` in [0, 1] when the tile has colour (``color=auto``).
+    """
     arrays: dict[str, np.ndarray] = {}
     info: dict[str, Any] = {}
     if color not in ("auto", True, False):
@@ -301,11 +356,20 @@ def las_features(
             info["color_scale"] = div
         else:
             info["color_note"] = "RGB fields are all 0 (no colour recorded): color not written"
-    div = unit_scale(tile.intensity, intensity_scale)
-    arrays["strength"] = (tile.intensity / div).astype(np.float32)[:, None]  # (N, 1)
+    div = intensity_divisor(tile.intensity, intensity_scale)
+    strength = np.clip(tile.intensity / div, 0.0, 2.0)
+    arrays["strength"] = strength.astype(np.float32)[:, None]  # (N, 1)
     info["intensity_scale"] = div
     arrays["returns"] = tile.returns.astype(np.float32)  # (N, 2)
     if hag_radii:
         arrays["hag"] = height_above_local_min(tile.xyz, cell=hag_cell, radii=hag_radii)
         info["hag"] = {"cell": hag_cell, "radii": list(hag_radii)}
+    if geometry_k:
+        if int(geometry_k) < 3:
+            raise ValueError(f"geometry_k must be 0 (off) or >= 3, got {geometry_k}")
+        arrays["geom"] = local_geometry(tile.xyz, k=int(geometry_k))
+        info["geom"] = {"k": int(geometry_k), "columns": GEOM_COLUMNS}
     return arrays, info
+
+
+GEOM_COLUMNS = ["linearity", "planarity", "scattering", "normal_z"]

@@ -75,10 +75,11 @@ def prepare(
     unknown: str | None = None,
     color: bool | str = "auto",
     color_scale: str | float = "auto",
-    intensity_scale: str | float = "auto",
+    intensity_scale: str | float = "p99",
     hag: bool = True,
     hag_cell: float = 1.0,
-    hag_radius: float | str | Sequence[float] = (5.0, 15.0, 30.0),
+    hag_radius: float | str | Sequence[float] = (2.0, 5.0, 15.0, 30.0, 60.0),
+    geometry_k: int = 16,
 ) -> dict[str, int]:
     """Convert the tiles of ``src`` into block scenes under ``dst``; returns tile counts.
 
@@ -87,7 +88,15 @@ def prepare(
     such as ``{ground: [2], other: [1]}``; ``unknown`` (ignore|other|error) overrides its
     policy for codes it does not list. ``hag`` writes ``hag.npy (N, K)``: the height above
     the lowest point within each of the K radii of ``hag_radius`` (a number or a comma list
-    such as ``5,15,30``; found on a grid of ``hag_cell``), computed over the whole tile.
+    such as ``2,5,15,30,60``; found on a grid of ``hag_cell``), computed over the whole tile.
+    ``geometry_k`` (0: off) writes ``geom.npy (N, 4)``, eigenvalue features of each point's
+    k nearest neighbours; ``intensity_scale`` (``p99`` default, ``auto`` or a number) divides
+    intensity. All per-point features come from ``pointseg.io.las.las_features``; the exact
+    keyword dict passed to it is stored as ``feature_options`` in every scene's ``meta.json``.
+
+    Under ``split_by=folder`` the tiles outside ``train/`` are written whole, one scene per
+    tile named after it, so an evaluation scene is the raw tile; ``block_size`` cuts only the
+    training tiles.
     """
     if block_size < 0 or overlap < 0 or (block_size > 0 and overlap >= block_size):
         raise PrepareError(
@@ -113,6 +122,7 @@ def prepare(
         "intensity_scale": intensity_scale,
         "hag_cell": float(hag_cell),
         "hag_radii": _radii(hag_radius) if hag else None,
+        "geometry_k": int(geometry_k),
     }
     tiles = find_tiles(src)
     folders = [_split_folder(src, t) if split_by == "folder" else "" for t in tiles]
@@ -213,13 +223,7 @@ def convert_tile(job: SceneJob) -> None:
     """Read one tile and write its block scenes, then its ``.done`` marker."""
     opts, path = job.options, job.inputs[0]
     dst, stem = Path(opts["dst"]), path.stem
-    feature_options = {
-        "color": opts["color"],
-        "color_scale": opts["color_scale"],
-        "intensity_scale": opts["intensity_scale"],
-        "hag_cell": opts["hag_cell"],
-        "hag_radii": opts["hag_radii"],
-    }
+    feature_options = feature_options_of(opts)  # las_features(tile, **feature_options)
     if _point_count(path) == 0:
         warnings.warn(f"{path} has 0 points; no scene written for it", stacklevel=2)
         _write_done(job.output, {"source": str(path), "points": 0, "scenes": []})
@@ -247,9 +251,12 @@ def convert_tile(job: SceneJob) -> None:
     local = coord.astype(np.float64) + (read_origin - origin)  # (N, 3) exact before the cast
     if opts["split_by"] == "tile":
         groups = [(stem, "block_{}_{}", np.arange(n), overlap)]
-    elif opts["split_by"] == "folder":  # only training blocks overlap (see the module doc)
-        margin = overlap if opts["folder"] == "train" else 0.0
-        groups = [(opts["folder"], stem + "_block_{}_{}", np.arange(n), margin)]
+    elif opts["split_by"] == "folder" and opts["folder"] == "train":  # only these overlap
+        groups = [("train", stem + "_block_{}_{}", np.arange(n), overlap)]
+    elif opts["split_by"] == "folder":  # evaluation tiles whole: the scene is the raw tile
+        bs, origin = 0.0, read_origin  # the reader's coordinates bit for bit, as predict's
+        local = coord.astype(np.float64)
+        groups = [(opts["folder"], stem, np.arange(n), 0.0)]
     else:
         median = float(np.median(local[:, 0]) + origin[0])
         west = local[:, 0] + origin[0] < median
@@ -302,6 +309,19 @@ def convert_tile(job: SceneJob) -> None:
     _write_done(job.output, {"source": str(path), "points": n, "scenes": written})
 
 
+def feature_options_of(opts: dict[str, Any]) -> dict[str, Any]:
+    """The keyword options of ``las_features`` in a preparer's options, as plain JSON."""
+    radii = opts["hag_radii"]
+    return {
+        "color": opts["color"],
+        "color_scale": opts["color_scale"],
+        "intensity_scale": opts["intensity_scale"],
+        "hag_cell": float(opts["hag_cell"]),
+        "hag_radii": None if radii is None else [float(r) for r in radii],
+        "geometry_k": int(opts.get("geometry_k", 0)),
+    }
+
+
 # what the reader returns besides the per-point features a scene stores
 _NOT_FEATURES = {"coord", "origin", "classification", "las_header", "kept"}
 
@@ -328,7 +348,7 @@ def _remove_tile_scenes(dst: Path, stem: str, split_by: str) -> None:
     if split_by == "tile":
         shutil.rmtree(dst / stem, ignore_errors=True)
     else:  # scenes of an interrupted run, which left no record
-        for folder in dst.glob(f"*/{stem}_block_*"):
+        for folder in [*dst.glob(f"*/{stem}_block_*"), *dst.glob(f"*/{stem}")]:
             shutil.rmtree(folder, ignore_errors=True)
 
 

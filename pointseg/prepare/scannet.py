@@ -11,6 +11,10 @@
                         segment.npy  (N,) int64, benchmark class index, -1 = ignore / test
                         instance.npy (N,) int64, objectId, -1 where none
 
+Preprocessed scenes (mmdetection3d's layout: ``<scene>/<scene>_vert_all.npy`` ``(N, 6)`` x y z
+r g b, ``<scene>_sem_label_all.npy`` NYU40 ids, ``<scene>_ins_label_all.npy``) are read too,
+when a scene folder has no mesh: no faces, so no ``normal.npy``; ``labels=scannet20`` only.
+
 ``<split>`` is train/val/test from the official lists shipped with pointseg (or the
 ``<name>.txt`` files of ``splits=<dir>``). A scene in no list is skipped with a warning that
 names it. Vertices in no segGroup, and groups whose category is not a benchmark class, get
@@ -65,8 +69,15 @@ def prepare(
     if not chosen:
         raise PrepareError(f"none of the {len(scenes)} scenes under {src} is in a split list")
     labelled = [s for s in chosen if split_of[s] not in UNLABELLED_SPLITS]
-    # raw category -> class index; only labelled scenes need the tsv
-    class_of = read_label_map(find_label_map(src, label_map), labels) if labelled else {}
+    if labelled and all(_npy_layout(scenes[s]) for s in labelled):  # NYU40 ids, no tsv needed
+        if labels != "scannet20":
+            raise PrepareError(
+                f"labels={labels}: preprocessed _vert_all.npy scenes hold NYU40 ids, which "
+                "give the 20 benchmark classes only (scannet20)"
+            )
+        class_of = {}
+    else:  # raw category -> class index; only labelled scenes need the tsv
+        class_of = read_label_map(find_label_map(src, label_map), labels) if labelled else {}
     jobs = [
         SceneJob(
             name=f"{split_of[s]}/{s}",
@@ -150,6 +161,9 @@ def read_label_map(path: Path, labels: str) -> dict[str, int]:
 def convert_scene(job: SceneJob) -> None:
     folder = job.inputs[0]
     scene = folder.name
+    if _npy_layout(folder):
+        convert_npy_scene(job)
+        return
     ply = folder / f"{scene}_vh_clean_2.ply"
     if not ply.is_file():
         raise PrepareError(f"{ply} is missing; download the scene's _vh_clean_2.ply again")
@@ -167,6 +181,46 @@ def convert_scene(job: SceneJob) -> None:
         arrays["segment"], arrays["instance"] = read_labels(folder, len(coord), class_of)
     meta = {"dataset": "scannet", "source": str(folder), "labels": job.options["labels"],
             "origin": mesh["origin"].tolist(), "reader": {}}  # fmt: skip
+    write_scene(job.output, arrays, meta)
+
+
+def _npy_layout(folder: Path) -> bool:
+    """A preprocessed scene (``_vert_all.npy``) with no mesh to read instead."""
+    name = folder.name
+    return (folder / f"{name}_vert_all.npy").is_file() and not (
+        folder / f"{name}_vh_clean_2.ply"
+    ).is_file()
+
+
+def convert_npy_scene(job: SceneJob) -> None:
+    """A preprocessed scene: vertices with colour, NYU40 semantic ids, instance ids."""
+    folder = job.inputs[0]
+    scene = folder.name
+    vert = np.load(folder / f"{scene}_vert_all.npy")
+    if vert.ndim != 2 or vert.shape[1] < 6:
+        raise PrepareError(f"{folder}: {scene}_vert_all.npy is {vert.shape}, expected (N, 6)")
+    arrays = {
+        "coord": np.ascontiguousarray(vert[:, :3], dtype=np.float32),
+        "color": np.clip(vert[:, 3:6] / 255.0, 0.0, 1.0).astype(np.float32),
+    }
+    n = len(vert)
+    if job.options["class_of"] is None:  # a test scene
+        arrays["segment"] = np.full(n, -1, dtype=np.int64)
+        arrays["instance"] = np.full(n, -1, dtype=np.int64)
+    else:
+        _, valid_ids, _ = LABEL_SETS["scannet20"]
+        lut = np.full(max(valid_ids) + 1, -1, dtype=np.int64)
+        lut[list(valid_ids)] = np.arange(len(valid_ids))
+        nyu = np.load(folder / f"{scene}_sem_label_all.npy").astype(np.int64)
+        if len(nyu) != n:
+            raise PrepareError(f"{folder}: {len(nyu)} labels for {n} vertices")
+        arrays["segment"] = np.where(
+            (nyu >= 0) & (nyu < len(lut)), lut[nyu.clip(0, len(lut) - 1)], -1
+        )
+        ins_path = folder / f"{scene}_ins_label_all.npy"
+        ins = np.load(ins_path).astype(np.int64) if ins_path.is_file() else np.zeros(n, np.int64)
+        arrays["instance"] = np.where(ins > 0, ins, -1)
+    meta = {"dataset": "scannet", "source": str(folder), "labels": "scannet20", "layout": "npy"}
     write_scene(job.output, arrays, meta)
 
 

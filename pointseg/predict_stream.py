@@ -18,6 +18,7 @@ model gives the box with its surroundings; the outputs hold the box's points in 
 
 from __future__ import annotations
 
+import inspect
 import math
 import shutil
 import tempfile
@@ -29,7 +30,7 @@ import numpy as np
 
 from pointseg.io import PointFileError, atomic_path, label_dtype
 from pointseg.io.copc import Box, in_box, plain_header, point_chunks
-from pointseg.io.las import LasTile, las_features, unit_scale
+from pointseg.io.las import LasTile, intensity_divisor_from_counts, las_features, unit_scale
 from pointseg.io.read_las import las_origin
 from pointseg.segmenter import Segmenter
 
@@ -71,20 +72,21 @@ def _scan(path: Path, box: Box | None, chunk: int) -> dict[str, Any]:
 
     hdr = las_header(path)
     has_rgb = {"red", "green", "blue"} <= set(hdr.point_format.dimension_names)
-    origin, lo, n, imax, rgb_max = None, None, 0, 0, 0
+    origin, lo, n, rgb_max = None, None, 0, 0
+    ihist = np.zeros(65536, np.int64)  # intensities of the whole tile (or box), for its scale
     for pts in point_chunks(path, box=box, chunk_size=chunk):
         xyz = np.stack([np.asarray(pts.x), np.asarray(pts.y), np.asarray(pts.z)], 1)
         if origin is None:  # as the whole-tile reader: from the header's minimum
             origin = las_origin(hdr.mins, hdr.maxs, xyz)
         c = (xyz - origin).astype(np.float32).min(0).astype(np.float64)
         lo = c if lo is None else np.minimum(lo, c)
-        imax = max(imax, int(np.max(pts.intensity)))
+        ihist += np.bincount(np.asarray(pts.intensity), minlength=65536)
         if has_rgb:
             rgb_max = max(rgb_max, int(max(np.max(pts.red), np.max(pts.green), np.max(pts.blue))))
         n += len(pts)
     if origin is None:
         raise PointFileError(f"{path}: no points{' in bounds ' + str(list(box)) if box else ''}")
-    return {"origin": origin, "lo": lo, "n": n, "imax": imax, "rgb_max": rgb_max,
+    return {"origin": origin, "lo": lo, "n": n, "ihist": ihist, "rgb_max": rgb_max,
             "has_rgb": has_rgb}  # fmt: skip
 
 
@@ -139,23 +141,24 @@ def _chunk_sample(rec: np.ndarray, seg: Segmenter, scan: dict[str, Any], path: P
         opts["color_scale"] = unit_scale(
             np.array([scan["rgb_max"]]), opts.get("color_scale", "auto")
         )
-        opts["intensity_scale"] = unit_scale(np.array([scan["imax"]]),
-                                             opts.get("intensity_scale", "auto"))  # fmt: skip
-        lo = scan["lo"].astype(np.float32)  # a phantom point pins the hag grid to the tile's
-        xyz = np.concatenate([coord, [[lo[0], lo[1], np.inf]]]).astype(np.float32)
-        pad = lambda a: np.concatenate([a, np.zeros((1, *a.shape[1:]), a.dtype)])  # noqa: E731
-        tile = LasTile(path=path, xyz=xyz, classification=pad(rec["cls"]),
-                       intensity=pad(rec["inten"]), returns=pad(rec["ret"]),
-                       rgb=None if rgb is None else pad(rgb),
+        # the tile's divisor, not each chunk's (a percentile of the chunk would differ)
+        default = inspect.signature(las_features).parameters["intensity_scale"].default
+        opts["intensity_scale"] = intensity_divisor_from_counts(
+            scan["ihist"], opts.get("intensity_scale", default)
+        )
+        # the height-above-ground cells of the whole tile, anchored at its minimum
+        opts["hag_anchor"] = scan["lo"][:2].astype(np.float32)
+        tile = LasTile(path=path, xyz=coord.astype(np.float32), classification=rec["cls"],
+                       intensity=rec["inten"], returns=rec["ret"], rgb=rgb,
                        header={"point_format": -1})  # fmt: skip
         try:
-            with np.errstate(invalid="ignore"):  # the phantom's inf - inf
-                arrays, _ = las_features(tile, **opts)
+            arrays, _ = las_features(tile, **opts)
         except (TypeError, ValueError) as err:
             raise PointFileError(f"{path}: cannot compute the model's LAS features: {err}") from err
-        out.update({k: v[:-1] for k, v in arrays.items()})
+        out.update(arrays)
     else:
-        out["strength"] = (rec["inten"] / unit_scale(np.array([scan["imax"]]))).astype(np.float32)
+        div = intensity_divisor_from_counts(scan["ihist"], "auto")  # as read_points' LAS path
+        out["strength"] = (rec["inten"] / div).astype(np.float32)
         out["strength"] = out["strength"][:, None]
         out["returns"] = rec["ret"].astype(np.float32)
         if colour:

@@ -23,7 +23,7 @@ from tests.test_journey import _airborne_tile
 
 pytestmark = pytest.mark.slow
 TILES = 8
-LAS = {"hag_cell": 1.0, "hag_radii": [5.0, 15.0, 30.0]}
+LAS = {"hag_cell": 1.0, "hag_radii": [2.0, 5.0, 15.0, 30.0, 60.0], "intensity_scale": "p99"}
 
 
 @pytest.fixture(scope="module")

@@ -248,13 +248,23 @@ def unit_scale(values: np.ndarray, scale: str | float = "auto") -> float:
     return value
 
 
-def height_above_local_min(xyz: np.ndarray, *, cell: float, radii: Sequence[float]) -> np.ndarray:
+def height_above_local_min(
+    xyz: np.ndarray,
+    *,
+    cell: float,
+    radii: Sequence[float],
+    anchor: np.ndarray | None = None,
+) -> np.ndarray:
     """``(N, len(radii))`` float32: z minus the lowest z within each radius (square windows on
     a grid of ``cell`` units) around each point: a cheap height above ground for airborne
-    scans; several radii let a model tell a roof (high at every scale) from a slope."""
+    scans; several radii let a model tell a roof (high at every scale) from a slope. The grid
+    starts at the points' x/y minimum, or at ``anchor`` (the whole tile's minimum, for a
+    chunk of a streamed tile: the same cells as the whole tile)."""
     if cell <= 0 or not radii or min(radii) < 0:
         raise ValueError(f"hag needs cell > 0 and radii >= 0, got cell={cell}, radii={radii}")
-    grid = np.floor((xyz[:, :2] - xyz[:, :2].min(0)) / cell).astype(np.int64)  # (N, 2)
+    start = xyz[:, :2].min(0) if anchor is None else np.asarray(anchor, dtype=xyz.dtype)
+    grid = np.floor((xyz[:, :2] - start) / cell).astype(np.int64)  # (N, 2)
+    grid -= grid.min(0)  # a chunk's cells only (an integer shift: the same cells)
     shape = tuple(grid.max(0) + 1)
     cells = np.full(shape, np.inf)
     np.minimum.at(cells, (grid[:, 0], grid[:, 1]), xyz[:, 2])
@@ -283,6 +293,31 @@ def intensity_divisor(intensity: np.ndarray, scale: str | float = "p99") -> floa
         value = float(np.percentile(intensity, q)) if intensity.size else 0.0
         return value if value > 0 else 1.0  # an all-zero field (no intensity recorded)
     return unit_scale(intensity, scale)
+
+
+def intensity_divisor_from_counts(counts: np.ndarray, scale: str | float = "p99") -> float:
+    """:func:`intensity_divisor` of a tile known only by its histogram ``counts[v]`` (how many
+    points have intensity ``v``), as a streamed tile is: the same float, bit for bit
+    (``np.percentile``'s linear interpolation between the two order statistics)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    n = int(counts.sum())
+    if not (isinstance(scale, str) and re.fullmatch(r"p\d+(\.\d+)?", scale)):
+        top = int(np.flatnonzero(counts).max()) if n else 0
+        return unit_scale(np.array([top]), scale)
+    q = float(scale[1:])
+    if not 0 < q <= 100:
+        raise ValueError(f"intensity_scale={scale!r}: the percentile must be in (0, 100]")
+    if n == 0:
+        return 1.0
+    cum = np.cumsum(counts)
+    # numpy: virtual index (n - 1) q / 100 between the order statistics v[lo] and v[lo + 1]
+    pos = np.float64(q) / 100 * (n - 1)
+    lo = int(np.floor(pos))
+    t = pos - lo
+    a = float(np.searchsorted(cum, lo, side="right"))  # value of order statistic lo
+    b = float(np.searchsorted(cum, min(lo + 1, n - 1), side="right"))
+    value = float(np.percentile(np.array([a, b]), 100 * t)) if a != b else a
+    return value if value > 0 else 1.0
 
 
 def local_geometry(xyz: np.ndarray, *, k: int = 16, chunk: int = 200_000) -> np.ndarray:
@@ -324,6 +359,7 @@ def las_features(
     hag_cell: float = 1.0,
     hag_radii: Sequence[float] | None = (2.0, 5.0, 15.0, 30.0, 60.0),
     geometry_k: int = 16,
+    hag_anchor: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Per-point arrays of a tile in the scene vocabulary (no coordinates, no labels) and a
     dict describing how they were made (for ``meta.json``).
@@ -362,7 +398,9 @@ def las_features(
     info["intensity_scale"] = div
     arrays["returns"] = tile.returns.astype(np.float32)  # (N, 2)
     if hag_radii:
-        arrays["hag"] = height_above_local_min(tile.xyz, cell=hag_cell, radii=hag_radii)
+        arrays["hag"] = height_above_local_min(
+            tile.xyz, cell=hag_cell, radii=hag_radii, anchor=hag_anchor
+        )
         info["hag"] = {"cell": hag_cell, "radii": list(hag_radii)}
     if geometry_k:
         if int(geometry_k) < 3:

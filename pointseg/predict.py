@@ -143,6 +143,30 @@ def _targets(
     return plans
 
 
+def _keep_las_copy_if_it_fits(
+    path: Path, plan: dict[str, Path], codes: np.ndarray, names: Sequence[str]
+) -> None:
+    """LAS point formats 0-5 hold classification codes 0-31 only (no user-definable range):
+    a model whose classes need codes above that gets no classified copy of such a file, with
+    a warning that says how to get one; its labels and PLY are written as usual."""
+    if "las" not in plan or int(codes.max()) <= 31:
+        return
+    import laspy
+
+    with laspy.open(path) as reader:
+        fmt = int(reader.header.point_format.id)
+    if fmt >= 6:
+        return
+    too_big = [n for n, c in zip(names, codes.tolist(), strict=True) if c > 31]
+    log.warning(
+        "%s: point format %d holds classification codes 0-31 only, and classes %s have "
+        "codes above 31 (no ASPRS class of that name): no classified LAS copy is written; "
+        "give asprs_map=index or asprs_map={name: code} with codes <= 31 to get one",
+        path, fmt, too_big,
+    )  # fmt: skip
+    del plan["las"]
+
+
 def _write_probs(path: Path, pred: Any, dtype: str, chunk: int, kept: np.ndarray | None) -> None:
     """(N, K) probabilities in file order; NaN rows for points that were left out."""
     n, k = len(pred.inverse), pred.voxel_probs.shape[1]
@@ -212,6 +236,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     names = predictor.class_names
     amap = cfg.get("asprs_map")
     codes = class_codes(names, OmegaConf.to_container(amap) if OmegaConf.is_config(amap) else amap)
+    for f, plan in zip(files, plans, strict=True):
+        _keep_las_copy_if_it_fits(f, plan, codes, names)
     options = _output_options(cfg)
     ckpt = Path(cfg.ckpt_path)
     module = FileLabeller(

@@ -160,3 +160,18 @@ def test_class_codes() -> None:
         class_codes(["floor", "wall"], {"floor": 2})
     with pytest.raises(ValueError, match="0..255"):
         class_codes(["a"], [300])
+
+
+def test_las_copy_needs_codes_its_point_format_holds(
+    ckpt: Path, scans: dict, tmp_path: Path, caplog
+) -> None:
+    """Point format 3 holds codes 0-31: the synthetic rooms' classes (codes 64+ under
+    asprs_map=auto) get no classified copy, with a warning; asprs_map=index writes one."""
+    out = tmp_path / "auto"
+    with caplog.at_level("WARNING", logger="pointseg.predict"):
+        predict(_cfg(ckpt, scans["laz"], out))
+    assert (out / "tile.labels.npy").is_file() and not (out / "tile.laz").exists()
+    assert "holds classification codes 0-31 only" in caplog.text
+    out = tmp_path / "index"
+    predict(_cfg(ckpt, scans["laz"], out, "asprs_map=index"))
+    assert (out / "tile.laz").is_file()

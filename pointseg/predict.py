@@ -222,8 +222,6 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     files = expand_inputs(cfg.input)
     out = Path(cfg.output)
     weights = [file_points(f, cfg.get("format")) for f in files]
-    streamed = [_streamed(cfg, f, w) for f, w in zip(files, weights, strict=True)]
-    plans = _targets(files, out, cfg, streamed=streamed)
     opts = InferenceOptions.from_config(
         OmegaConf.to_container(cfg.inference, resolve=True), tta=cfg.tta
     )
@@ -233,6 +231,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         )
     except RuntimeError as err:  # load_state_dict's "size mismatch for ..." list
         raise explain_state_dict_error(err, ckpt=str(cfg.ckpt_path)) or err from None
+    # a recipe that transforms the whole scan (AddHeight) labels big tiles whole, as before
+    streamable = not predictor.recipe.transforms
+    streamed = [_streamed(cfg, f, w, streamable) for f, w in zip(files, weights, strict=True)]
+    plans = _targets(files, out, cfg, streamed=streamed)
     names = predictor.class_names
     amap = cfg.get("asprs_map")
     codes = class_codes(names, OmegaConf.to_container(amap) if OmegaConf.is_config(amap) else amap)
@@ -263,14 +265,15 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def _streamed(cfg: DictConfig, path: Path, points: int) -> bool:
-    """LAS/LAZ/COPC files labelled in spatial chunks: all with ``bounds``, else the big ones."""
+def _streamed(cfg: DictConfig, path: Path, points: int, streamable: bool = True) -> bool:
+    """LAS/LAZ/COPC files labelled in spatial chunks: all with ``bounds``, else the big ones
+    where the model's recipe allows it (no transform of the whole scan before voxelizing)."""
     if detect_format(path, cfg.get("format")) != "las":
         if cfg.get("bounds") is not None:
             raise PointFileError(f"bounds= works on LAS/LAZ/COPC files only, not {path}")
         return False
     at = cfg.stream.min_points
-    return cfg.get("bounds") is not None or (at is not None and points > int(at))
+    return cfg.get("bounds") is not None or (streamable and at is not None and points > int(at))
 
 
 def _label_file(

@@ -30,7 +30,7 @@ from spconv.pytorch.core import ImplicitGemmIndiceData
 from torch import Tensor
 
 from pointseg.sparse import gather_conv
-from pointseg.sparse.cpu_conv import _blocks, _offset_order, _scatter_add
+from pointseg.sparse.cpu_conv import _block_rows, _blocks, _offset_order, _scatter_add
 from pointseg.sparse.rulebook import Rulebook, offset_counts
 
 # Gathered bytes per block of the neighbour-map path: (rows, kv, C_in) floats.
@@ -67,12 +67,13 @@ def group_mm(rows: Tensor, w: Tensor) -> Tensor:
     return out.transpose(0, 1).reshape(n, g * co)
 
 
-def group_outer(a: Tensor, b: Tensor, groups: int) -> Tensor:
-    """sum_rows a_g^T b_g per group: (n, G * Ci), (n, G * Co) -> (G, Ci, Co)."""
+def group_outer(a: Tensor, b: Tensor, groups: int, *, scratch: bool = False) -> Tensor:
+    """sum_rows a_g^T b_g per group: (n, G * Ci), (n, G * Co) -> (G, Ci, Co). ``scratch``:
+    ``a`` may be overwritten."""
     n = a.shape[0]
     ci, co = a.shape[1] // groups, b.shape[1] // groups
-    if ci == 1 and co == 1:
-        return (a * b).sum(0).reshape(groups, 1, 1)
+    if ci == 1 and co == 1:  # depthwise
+        return (a.mul_(b) if scratch else a * b).sum(0).reshape(groups, 1, 1)
     return torch.bmm(a.view(n, groups, ci).permute(1, 2, 0), b.view(n, groups, co).transpose(0, 1))
 
 
@@ -81,13 +82,21 @@ def group_outer(a: Tensor, b: Tensor, groups: int) -> Tensor:
 
 def _offset_loop(x: Tensor, w: Tensor, rb: Rulebook, side: int, out: Tensor) -> Tensor:
     """out[target] += x[other] (x) w[k] over every offset's pairs; ``side`` 1 adds into output
-    rows (forward), 0 into input rows (input gradient). ``w`` (kv, G, Ci, Co)."""
+    rows (forward), 0 into input rows (input gradient). ``w`` (kv, G, Ci, Co). Rows are gathered
+    into one reused buffer and, depthwise, scaled in place: fresh multi-MB tensors per offset
+    cost as much as the arithmetic (60 ms against 100 ms for a 32-channel conv, 114 k sites)."""
+    offsets = list(offset_counts(rb.indice_pair_num, rb.is_subm))
+    if not offsets:
+        return out
     c_in, c_out = x.shape[1], out.shape[1]
-    for k, n in offset_counts(rb.indice_pair_num, rb.is_subm):
+    scale = w.reshape(w.shape[0], -1) if w.shape[2] == w.shape[3] == 1 else None  # (kv, C)
+    buf = x.new_empty((min(max(n for _, n in offsets), _block_rows(c_in, c_out)), c_in))
+    for k, n in offsets:
         other = _offset_order(rb, k, n, side)[0]
         for lo, hi in _blocks(n, c_in, c_out):
-            rows = x.index_select(0, other[lo:hi])  # (hi - lo, C_in)
-            _scatter_add(out, group_mm(rows, w[k]), rb, k, n, side, lo, hi)
+            rows = torch.index_select(x, 0, other[lo:hi], out=buf[: hi - lo])  # (rows, C_in)
+            prod = rows.mul_(scale[k]) if scale is not None else group_mm(rows, w[k])
+            _scatter_add(out, prod, rb, k, n, side, lo, hi)
     return out
 
 
@@ -114,12 +123,15 @@ def cpu_backward(
     kv = w.shape[0]
     grad_w = torch.zeros(w.shape, dtype=w.dtype)  # (kv, G, Ci, Co)
     grad_w[kv // 2] = group_outer(features, grad_out, groups)
+    c_in, c_out = features.shape[1], grad_out.shape[1]
+    rows = _block_rows(c_in, c_out)
+    buf_a, buf_b = features.new_empty((rows, c_in)), features.new_empty((rows, c_out))
     for k, n in offset_counts(rb.indice_pair_num, rb.is_subm):
         src, dst, _ = _offset_order(rb, k, n, 1)  # input rows, output rows
-        for lo, hi in _blocks(n, features.shape[1], grad_out.shape[1]):
-            a = features.index_select(0, src[lo:hi])
-            b = grad_out.index_select(0, dst[lo:hi])
-            grad_w[k] += group_outer(a, b, groups)
+        for lo, hi in _blocks(n, c_in, c_out):
+            a = torch.index_select(features, 0, src[lo:hi], out=buf_a[: hi - lo])
+            b = torch.index_select(grad_out, 0, dst[lo:hi], out=buf_b[: hi - lo])
+            grad_w[k] += group_outer(a, b, groups, scratch=True)
     grad_in = None
     if input_grad:
         wt = w.transpose(2, 3)  # (kv, G, Co, Ci): output groups back to input groups

@@ -94,7 +94,9 @@ def train_all(args: argparse.Namespace) -> dict[str, str]:
     return ckpts
 
 
-def measure_all(args: argparse.Namespace, ckpts: dict[str, str]) -> dict[str, Any]:
+def measure_all(
+    args: argparse.Namespace, ckpts: dict[str, str], *, default_threads: int
+) -> dict[str, Any]:
     """Parameters, MACs, latency and val mIoU of every checkpoint on the same data."""
     import hydra
 
@@ -123,7 +125,6 @@ def measure_all(args: argparse.Namespace, ckpts: dict[str, str]) -> dict[str, An
             "macs": measure.count_macs(nets[name], batch),
             "val_miou": miou,
         }
-    default_threads = torch.get_num_threads()
     for threads in (1, default_threads):
         torch.set_num_threads(threads)
         lat = measure.compare_latency(nets, batch, warmup=2, runs=args.latency_runs)
@@ -175,13 +176,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-threads", type=int, default=1)
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
+    default_threads = torch.get_num_threads()  # before training sets its own
     if args.stage == "all":
         ckpts = train_all(args)
     else:
         ckpts = {name: json.loads((args.out / name / "result.json").read_text()) for name in
                  (*MODELS, PRUNED)}  # fmt: skip
         ckpts = {k: v.get("best_ckpt", v.get("pruned_ckpt")) for k, v in ckpts.items()}
-    res = measure_all(args, ckpts)
+    res = measure_all(args, ckpts, default_threads=default_threads)
     (args.out / "efficient.json").write_text(json.dumps(res, indent=1))
     print(table(res))
 

@@ -28,10 +28,24 @@ from omegaconf import DictConfig, open_dict
 
 from pointseg.checkpoint import build_net, load_checkpoint
 from pointseg.prune import measure
+from pointseg.sparse.grouped import use_fused_depthwise
 from pointseg.utils import CONF_DIR
 
 MODELS = ("spunet_small", "spunet_lite", "spunet_lite5")
 PRUNED = "spunet_small_pruned50"
+FUSED = " + fused dw"  # the same checkpoint with pointseg.sparse.grouped's compiled forward
+
+
+class WithFusedDepthwise(torch.nn.Module):
+    """``net`` whose depthwise convs run the compiled forward (``use_fused_depthwise``)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, *args: Any) -> torch.Tensor:
+        with use_fused_depthwise():
+            return self.net(*args)
 
 
 def _compose(name: str, overrides: list[str], out: Path) -> DictConfig:
@@ -111,9 +125,13 @@ def measure_all(
     batch = collate([val[i] for i in range(min(args.latency_scenes, len(val)))])
     order = ["spunet_small", PRUNED, "spunet_lite", "spunet_lite5"]
     nets = {name: build_net(load_checkpoint(ckpts[name])).eval() for name in order}
+    for name in ("spunet_lite", "spunet_lite5"):
+        nets[name + FUSED] = WithFusedDepthwise(nets[name])
     rows: dict[str, Any] = {}
-    for name in order:
-        module = build_module(load_checkpoint(ckpts[name]))
+    for name in nets:
+        module = build_module(load_checkpoint(ckpts[name.removesuffix(FUSED)]))
+        if name.endswith(FUSED):
+            module.net = WithFusedDepthwise(module.net)
         miou = measure.val_miou(
             module,
             datamodule.val_dataloader(),
@@ -128,7 +146,7 @@ def measure_all(
     for threads in (1, default_threads):
         torch.set_num_threads(threads)
         lat = measure.compare_latency(nets, batch, warmup=2, runs=args.latency_runs)
-        for name in order:
+        for name in nets:
             rows[name][f"latency_ms_{threads}t"] = lat[name].median_ms
     torch.set_num_threads(default_threads)
     return {

@@ -126,3 +126,22 @@ def test_implicit_gemm_rulebook_gives_the_same_neighbours() -> None:
     )  # fmt: skip
     assert torch.equal(grouped.neighbours(fake, n), nbr)
     assert (nbr[:, 13] == torch.arange(n)).all() and (nbr < n).sum() > 2 * n
+
+
+@pytest.mark.slow
+def test_fused_depthwise_forward_matches_the_loop() -> None:
+    """The compiled gather-and-reduce forward (torch.compile) gives the loop's outputs and
+    leaves the gradients to the loop's backward."""
+    torch.manual_seed(3)
+    ind = random_sites(9)
+    feat = torch.randn(ind.shape[0], 8, requires_grad=True)
+    conv = SubMConv3d(8, 8, 3, padding=1, indice_key="k", groups=8)
+    plain = conv(sparse_tensor(feat, ind, B, levels=0)).features
+    with grouped.use_fused_depthwise():
+        fused = conv(sparse_tensor(feat, ind, B, levels=0)).features
+    assert not grouped._FUSED["on"]
+    torch.testing.assert_close(fused, plain, **TOL)
+    upstream = torch.randn_like(plain)
+    for g, w in zip(grads(fused, upstream, feat, conv.weight),
+                    grads(plain, upstream, feat, conv.weight), strict=True):  # fmt: skip
+        torch.testing.assert_close(g, w, **TOL)

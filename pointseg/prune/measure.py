@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from pointseg.metrics import scores
+from pointseg.models.lite_unet import GroupedPointwise
 from pointseg.sparse import SparseConvNd
+from pointseg.sparse.rulebook import offset_counts
 
 
 def val_miou(net: nn.Module, recipe: Any, scenes: Any, *, ignore_index: int) -> float:
@@ -71,24 +73,33 @@ def compare_latency(
 
 @torch.inference_mode()
 def count_macs(net: nn.Module, batch: Mapping[str, Any]) -> int:
-    """Multiply-accumulates of one forward: rulebook pairs x C_in x C_out for every sparse conv
-    (as counted by spconv on this input), rows x C_in x C_out for every linear layer."""
+    """Multiply-accumulates of one forward: rulebook pairs x C_in x C_out / groups for every
+    sparse conv, rows x C_in x C_out for every linear layer.
+
+    Pairs are every offset's, read as ``rulebook.offset_counts`` reads them (spconv's
+    submanifold rulebooks store the counts up to the centre only, pointseg's mirror them), plus
+    one pair a site for a submanifold conv's centre offset, which both leave out of the counts.
+    """
     total = 0
 
     def conv_hook(mod, inputs, out) -> None:
         nonlocal total
-        pairs = int(out.indice_dict[mod.indice_key].indice_pair_num.sum())
-        total += pairs * mod.in_channels * mod.out_channels
+        rb = out.indice_dict[mod.indice_key]
+        pairs = sum(n for _, n in offset_counts(rb.indice_pair_num, rb.is_subm))
+        if rb.is_subm:
+            pairs += int(out.features.shape[0])  # the centre: every site with itself
+        total += pairs * mod.in_channels * mod.out_channels // getattr(mod, "groups", 1)
 
     def linear_hook(mod, inputs, out) -> None:
         nonlocal total
-        total += inputs[0].shape[0] * mod.in_features * mod.out_features
+        groups = getattr(mod, "groups", 1)  # a grouped pointwise layer (models/lite_unet.py)
+        total += inputs[0].shape[0] * mod.in_features * mod.out_features // groups
 
     handles = []
     for mod in net.modules():
         if isinstance(mod, spconv.conv.SparseConvolution | SparseConvNd):
             handles.append(mod.register_forward_hook(conv_hook))
-        elif isinstance(mod, nn.Linear):
+        elif isinstance(mod, nn.Linear | GroupedPointwise):
             handles.append(mod.register_forward_hook(linear_hook))
     try:
         net.eval()

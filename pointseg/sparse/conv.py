@@ -1,8 +1,10 @@
 """pointseg's sparse conv modules: parameters only; ``functional.sparse_conv`` does the work.
 
 Weights are spconv's KRSC layout ``(C_out, kD, kH, kW, C_in)`` and are named ``weight`` (and
-``bias``), so state dicts of networks built on ``spconv.pytorch`` convs load unchanged. The
-initialisation is spconv's (uniform, bound ``1 / sqrt(C_in * kD * kH * kW)``). The modules
+``bias``), so state dicts of networks built on ``spconv.pytorch`` convs load unchanged; a grouped
+submanifold conv (``groups``, see ``grouped``) holds ``(C_out, kD, kH, kW, C_in / groups)``.
+The initialisation is spconv's (uniform, bound ``1 / sqrt(fan_in)``, fan_in =
+``C_in / groups * kD * kH * kW``). The modules
 subclass ``spconv.pytorch.SparseModule`` (a marker class) so that ``spconv.SparseSequential``
 passes them the sparse tensor.
 """
@@ -17,6 +19,7 @@ from spconv.pytorch import SparseConvTensor, SparseModule
 from torch import nn
 
 from pointseg.sparse.functional import Kind, sparse_conv
+from pointseg.sparse.grouped import check_groups
 
 IntOr3 = int | Sequence[int]
 
@@ -44,6 +47,7 @@ class SparseConvNd(SparseModule):
         *,
         bias: bool = False,
         indice_key: str | None = None,
+        groups: int = 1,
     ) -> None:
         super().__init__()
         if in_channels < 1 or out_channels < 1:
@@ -57,13 +61,19 @@ class SparseConvNd(SparseModule):
             raise ValueError("kernel_size, stride and dilation must be >= 1")
         if self.kind == "inverse" and indice_key is None:
             raise ValueError("an inverse conv needs the indice_key of the conv it undoes")
+        if groups != 1 and self.kind != "subm":
+            raise ValueError(f"groups={groups}: grouped sparse convs are submanifold only")
+        check_groups(in_channels, out_channels, groups)
+        self.groups = int(groups)
         self.indice_key = indice_key
-        self.weight = nn.Parameter(torch.empty(out_channels, *self.kernel_size, in_channels))
+        self.weight = nn.Parameter(
+            torch.empty(out_channels, *self.kernel_size, in_channels // self.groups)
+        )
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.in_channels * math.prod(self.kernel_size))
+        bound = 1.0 / math.sqrt(self.in_channels // self.groups * math.prod(self.kernel_size))
         with torch.no_grad():
             self.weight.uniform_(-bound, bound)
             if self.bias is not None:
@@ -78,6 +88,7 @@ class SparseConvNd(SparseModule):
             padding=self.padding,
             dilation=self.dilation,
             indice_key=self.indice_key,
+            groups=self.groups,
         )
         if self.bias is not None:  # added here, not fused: spconv's CPU ops refuse a bias
             out = out.replace_feature(out.features + self.bias)
@@ -87,6 +98,7 @@ class SparseConvNd(SparseModule):
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, indice_key={self.indice_key!r}"
+            + (f", groups={self.groups}" if self.groups != 1 else "")
         )
 
 

@@ -15,7 +15,8 @@ spconv / any         spconv's, with spconv's algorithm      spconv's, as shipped
 A rulebook is built by the first conv of a forward that uses its ``indice_key`` and stored in
 the tensor's ``indice_dict``: every later conv of that key (the level's submanifold convs, the
 inverse conv undoing a strided one) and every backward pass reuse it, with whatever the kernels
-derived from it. A new kernel (e.g. grouped convs) is one more branch in ``_run``.
+derived from it. A new kernel is one more branch in ``_run``: grouped and depthwise submanifold
+convs (``groups > 1``) take ``grouped`` on any rulebook.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from spconv.pytorch import SparseConvTensor
 from spconv.pytorch.core import ImplicitGemmIndiceData, IndiceData
 from torch import Tensor
 
-from pointseg.sparse import cpu_conv, gather_conv, spconv_ops
+from pointseg.sparse import cpu_conv, gather_conv, grouped, spconv_ops
 from pointseg.sparse.config import get_backend
 from pointseg.sparse.rulebook import Rulebook, build
 
@@ -91,10 +92,12 @@ def _build(x: SparseConvTensor, kind: Kind, kv: int, geometry: dict) -> AnyRuleb
     return spconv_ops.implicit_rulebook(x, subm=subm, algo=algo, **geometry)
 
 
-def _run(x: SparseConvTensor, weight: Tensor, rb: AnyRulebook, kind: Kind) -> Tensor:
+def _run(x: SparseConvTensor, weight: Tensor, rb: AnyRulebook, kind: Kind, groups: int) -> Tensor:
     """(N_out, C_out) features of the conv, on the kernel the rulebook and backend call for."""
     inverse = kind == "inverse"
     features = x.features
+    if groups > 1:
+        return grouped.grouped_conv(features, weight, rb, groups=groups)
     if isinstance(rb, Rulebook):
         if features.dtype != torch.float32 or weight.dtype != torch.float32:
             raise TypeError(f"CPU sparse convs run in float32, got {features.dtype} features")
@@ -140,16 +143,22 @@ def sparse_conv(
     padding: list[int],
     dilation: list[int],
     indice_key: str | None,
+    groups: int = 1,
 ) -> SparseConvTensor:
     """Apply a sparse conv with KRSC ``weight`` (C_out, *kernel, C_in) to ``x``.
 
     ``kind``: "subm" (output sites = input sites, same rows), "conv" (strided/regular: new
     output sites), "inverse" (back to the input sites of the strided conv that stored its
-    rulebook under ``indice_key``).
+    rulebook under ``indice_key``). ``groups`` > 1 (submanifold only): a grouped conv whose
+    weight is (C_out, *kernel, C_in / groups).
     """
     ksize = list(weight.shape[1:-1])
-    if x.features.shape[1] != weight.shape[-1]:
-        raise ValueError(f"expected {weight.shape[-1]} input channels, got {x.features.shape[1]}")
+    if x.features.shape[1] != weight.shape[-1] * groups:
+        raise ValueError(
+            f"expected {weight.shape[-1] * groups} input channels, got {x.features.shape[1]}"
+        )
+    if groups > 1 and kind != "subm":
+        raise ValueError(f"grouped sparse convs are submanifold only, got a {kind!r} conv")
     geometry = {"ksize": ksize, "stride": stride, "padding": padding, "dilation": dilation}
     rb = x.indice_dict.get(indice_key) if indice_key is not None else None
     fresh = rb is None
@@ -157,7 +166,7 @@ def sparse_conv(
         rb = _build(x, kind, math.prod(ksize), geometry)
     else:
         rb = _checked_reuse(rb, x, kind, indice_key)
-    features = _run(x, weight, rb, kind)
+    features = _run(x, weight, rb, kind, groups)
     if kind == "inverse":
         indices, shape = rb.indices, rb.spatial_shape
     else:

@@ -220,11 +220,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message alone tells the user what to fix (no traceback needed)."""
     from pointseg.checkpoint import CheckpointReadError
     from pointseg.io import PointFileError
-    from pointseg.io.las import LasReadError
 
     return (
         PointFileError,
-        LasReadError,
         DataError,
         CheckpointMismatchError,
         CheckpointReadError,  # includes UntrustedCheckpointError

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pointseg.io.las import height_above_local_min, load_class_map, read_las
+from pointseg.io import read_points
+from pointseg.io.las import height_above_local_min, load_class_map
 
 
 def miou(pred: np.ndarray, target: np.ndarray, num_classes: int) -> float:
@@ -38,17 +39,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--radii", type=float, nargs="+", default=[5.0, 10.0, 15.0, 20.0, 30.0])
     args = ap.parse_args(argv)
 
-    tile = read_las(args.tile)
+    tile = read_points(args.tile, format="las")  # coord: (N, 3) f32 relative to an origin
+    xyz = tile["coord"]
     cmap = load_class_map("ground_other")
     ground, other = cmap.names.index("ground"), cmap.names.index("other")
-    target = cmap.apply(tile.classification, source=str(args.tile))  # (N,)
-    west = tile.xyz[:, 0] < np.median(tile.xyz[:, 0])
+    target = cmap.apply(tile["classification"], source=str(args.tile))  # (N,)
+    west = xyz[:, 0] < np.median(xyz[:, 0])
     east = ~west
     thresholds = np.round(np.arange(0.1, 6.01, 0.1), 2)
 
     results = []  # (cell, radius, threshold, whole, west, east)
     for cell, radius in itertools.product(args.cells, args.radii):
-        hag = height_above_local_min(tile.xyz, cell=cell, radii=[radius])[:, 0]
+        hag = height_above_local_min(xyz, cell=cell, radii=[radius])[:, 0]
         for thr in thresholds:
             pred = np.where(hag < thr, ground, other)
             scores = [miou(pred[m], target[m], 2) for m in (slice(None), west, east)]

@@ -36,12 +36,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pointseg.io import read_points  # noqa: E402
 from pointseg.io.las import (  # noqa: E402
     height_above_local_min,
-    las_features,
     load_class_map,
     local_geometry,
-    read_las,
 )
 
 AHN3_MAP = "{classes: {ground: [2], building: [6], water: [9], other: [1, 26]}}"
@@ -152,11 +151,12 @@ def las_points(paths: list[Path], split: Split) -> list[Points]:
     cmap = load_class_map(opts.get("class_map"), unknown=opts.get("unknown"))
     out = []
     for path in paths:
-        tile = read_las(path)
-        arrays, _ = las_features(tile)  # the preparer's defaults
+        # read as pointseg-prepare reads it: the preparer's default las_features options
+        arrays = read_points(path, format="las", las={})
         keys = ["hag", "strength", "returns", "geom"] + (["color"] if "color" in arrays else [])
         feat = np.concatenate([arrays[k] for k in keys], 1)
-        out.append(Points(tile.xyz, feat, cmap.apply(tile.classification, source=str(path))))
+        target = cmap.apply(arrays["classification"], source=str(path))
+        out.append(Points(arrays["coord"].astype(np.float64), feat, target))
     return out
 
 

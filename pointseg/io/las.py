@@ -47,10 +47,6 @@ GROUND_OTHER: dict[str, Any] = {
 PRESETS: dict[str, dict[str, Any]] = {"asprs": ASPRS, "ground_other": GROUND_OTHER}
 
 
-class LasReadError(ValueError):
-    """A LAS/LAZ file that cannot be read whole; the message names the file."""
-
-
 @dataclass(frozen=True)
 class ClassMap:
     """ASPRS code -> class index (``-1`` = ignore), with a policy for unlisted codes."""
@@ -177,62 +173,6 @@ class LasTile:
     returns: np.ndarray  # (N, 2) uint8: return number, number of returns
     rgb: np.ndarray | None  # (N, 3) uint16, None if the point format has no colour
     header: dict[str, Any]  # version, point format, scales, offsets, CRS WKT if any
-
-
-def read_las(path: str | Path, *, laz_threads: bool = False) -> LasTile:
-    """Read a whole LAS/LAZ file; raises ``LasReadError`` naming it if it is damaged.
-
-    ``laz_threads`` decompresses LAZ with lazrs' thread pool. It is off by default: a
-    process forked after that pool started (a ``--workers`` run) would hang in it.
-    """
-    import laspy
-
-    path = Path(path)
-    backend = laspy.LazBackend.LazrsParallel if laz_threads else laspy.LazBackend.Lazrs
-    try:
-        with laspy.open(path, laz_backend=backend) as reader:
-            las = reader.read()
-    except Exception as err:  # laspy, lazrs and numpy all raise their own types
-        raise LasReadError(
-            f"cannot read {path}: {err}; the file is truncated or not a LAS/LAZ file "
-            "(re-download or re-export it)"
-        ) from err
-    hdr = las.header
-    if len(las.points) != hdr.point_count:
-        raise LasReadError(
-            f"{path} is truncated: its header announces {hdr.point_count} points but the file "
-            f"holds {len(las.points)}; re-download or re-export it"
-        )
-    dims = set(las.point_format.dimension_names)
-    rgb = None
-    if {"red", "green", "blue"} <= dims:
-        rgb = np.stack([np.asarray(las[c]) for c in ("red", "green", "blue")], 1).astype(np.uint16)
-    returns = np.stack([np.asarray(las.return_number), np.asarray(las.number_of_returns)], 1)
-    header = {
-        "version": str(hdr.version),
-        "point_format": int(hdr.point_format.id),
-        "point_count": int(hdr.point_count),
-        "scales": [float(s) for s in hdr.scales],
-        "offsets": [float(o) for o in hdr.offsets],
-        "crs_wkt": _crs_wkt(hdr),
-    }
-    return LasTile(
-        path=path,
-        xyz=np.stack([np.asarray(las.x), np.asarray(las.y), np.asarray(las.z)], 1),
-        classification=np.asarray(las.classification, dtype=np.uint8),
-        intensity=np.asarray(las.intensity, dtype=np.uint16),
-        returns=returns.astype(np.uint8),
-        rgb=rgb,
-        header=header,
-    )
-
-
-def _crs_wkt(header: Any) -> str | None:
-    """The WKT of a WKT VLR if present (GeoTIFF keys would need pyproj; left out)."""
-    for vlr in header.vlrs:
-        if type(vlr).__name__ == "WktCoordinateSystemVlr":
-            return str(vlr.string).strip("\x00") or None
-    return None
 
 
 def unit_scale(values: np.ndarray, scale: str | float = "auto") -> float:

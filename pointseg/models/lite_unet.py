@@ -30,8 +30,14 @@ from pointseg.models.blocks import (
     strided_conv3d,
     subm_conv3d,
 )
-from pointseg.models.sparse_unet import SMALL_CHANNELS, SMALL_LAYERS, _check_config, resolve_widths
-from pointseg.sparse import SubMConv3d, sparse_tensor
+from pointseg.models.sparse_unet import (
+    SMALL_CHANNELS,
+    SMALL_LAYERS,
+    UNetSkeleton,
+    _check_config,
+    resolve_widths,
+)
+from pointseg.sparse import SubMConv3d
 from pointseg.sparse.grouped import check_groups, group_mm
 
 
@@ -131,7 +137,7 @@ def lite_stack(
     )
 
 
-class LiteUNet(nn.Module):
+class LiteUNet(UNetSkeleton):
     """(M, C_in) voxel features -> (M, num_classes) logits, same row order (see module doc)."""
 
     def __init__(
@@ -202,23 +208,3 @@ class LiteUNet(nn.Module):
 
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.head = nn.Linear(prev, num_classes)
-
-    def forward(self, feat: Tensor, indices: Tensor, batch_size: int) -> Tensor:
-        """feat (M, C_in) float32, indices (M, 4) int32 [b, x, y, z] -> (M, K) logits."""
-        x = sparse_tensor(feat, indices, batch_size, levels=self.num_stages)
-        if feat.shape[1] != self.in_channels:
-            raise ValueError(f"expected {self.in_channels} feature channels, got {feat.shape[1]}")
-        x = self.stem(x)  # (M, stem_channels)
-        skips = []
-        for encoder in self.encoders:
-            skips.append(x)
-            x = encoder(x)  # (M_{l+1}, channels[l])
-        for up, decoder in zip(self.ups, self.decoders, strict=True):
-            x = up(x)  # (M_l, C_up), rows in the order of the matching skip
-            x = x.replace_feature(torch.cat([x.features, skips.pop().features], dim=1))
-            x = decoder(x)  # (M_l, C_dec)
-        return self.head(self.dropout(x.features))  # (M, num_classes), input row order
-
-    def num_parameters(self) -> int:
-        """Number of trainable parameters."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -110,7 +110,38 @@ def resolve_widths(
     return out
 
 
-class SparseUNet(nn.Module):
+class UNetSkeleton(nn.Module):
+    """The forward pass shared by pointseg's U-Nets: stem, encoders (each pooling one level),
+    then per level an inverse conv, concatenation with that level's skip and a decoder, and
+    a Linear head. A subclass builds ``stem``, ``encoders``, ``ups``, ``decoders``,
+    ``dropout`` and ``head`` and sets ``in_channels`` and ``num_stages``."""
+
+    in_channels: int
+    num_stages: int
+
+    def forward(self, feat: Tensor, indices: Tensor, batch_size: int) -> Tensor:
+        """feat (M, C_in) float32/float16, indices (M, 4) int32 [b, x, y, z] -> (M, K) logits."""
+        x = sparse_tensor(feat, indices, batch_size, levels=self.num_stages)
+        if feat.shape[1] != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} feature channels, got {feat.shape[1]}")
+        x = self.stem(x)  # (M, stem_channels)
+        skips = []
+        for encoder in self.encoders:
+            skips.append(x)  # encoder features of the level we are leaving
+            x = encoder(x)  # (M_{l+1}, channels[l])
+        for up, decoder in zip(self.ups, self.decoders, strict=True):
+            x = up(x)  # (M_l, C_dec): rows in the order of the matching skip
+            skip = skips.pop()
+            x = x.replace_feature(torch.cat([x.features, skip.features], dim=1))
+            x = decoder(x)  # (M_l, C_dec)
+        return self.head(self.dropout(x.features))  # (M, num_classes), input row order
+
+    def num_parameters(self) -> int:
+        """Number of trainable parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+class SparseUNet(UNetSkeleton):
     """Sparse U-Net: (M, C_in) voxel features -> (M, num_classes) logits, same row order."""
 
     def __init__(
@@ -185,27 +216,6 @@ class SparseUNet(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         # A Linear head, not a 1x1 sparse conv: its bias is safe on CPU in eval mode.
         self.head = nn.Linear(prev, num_classes)
-
-    def forward(self, feat: Tensor, indices: Tensor, batch_size: int) -> Tensor:
-        """feat (M, C_in) float32/float16, indices (M, 4) int32 [b, x, y, z] -> (M, K) logits."""
-        x = sparse_tensor(feat, indices, batch_size, levels=self.num_stages)
-        if feat.shape[1] != self.in_channels:
-            raise ValueError(f"expected {self.in_channels} feature channels, got {feat.shape[1]}")
-        x = self.stem(x)  # (M, stem_channels)
-        skips = []
-        for encoder in self.encoders:
-            skips.append(x)  # encoder features of the level we are leaving
-            x = encoder(x)  # (M_{l+1}, channels[l])
-        for up, decoder in zip(self.ups, self.decoders, strict=True):
-            x = up(x)  # (M_l, C_dec): rows in the order of the matching skip
-            skip = skips.pop()
-            x = x.replace_feature(torch.cat([x.features, skip.features], dim=1))
-            x = decoder(x)  # (M_l, C_dec)
-        return self.head(self.dropout(x.features))  # (M, num_classes), input row order
-
-    def num_parameters(self) -> int:
-        """Number of trainable parameters."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
 
 def spunet34c(in_channels: int, num_classes: int, **kwargs) -> SparseUNet:

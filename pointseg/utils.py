@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -130,6 +130,25 @@ def s3dis_areas_except(held_out: Any) -> list[str]:
     return [a for a in valid if a not in names]
 
 
-for _name, _fn in (("auto_precision", auto_precision), ("s3dis_areas_except", s3dis_areas_except)):
+# columns of each per-point feature; others have 1 (``hag`` has one per radius: the LAS
+# config gives its width in ``data.feature_widths``)
+FEATURE_WIDTHS = {"coord": 3, "color": 3, "normal": 3, "returns": 2}
+
+
+def feature_width(feat_keys: Sequence[str], widths: Mapping[str, int] | None = None) -> int:
+    """Input channels of a model fed ``feat_keys``, for ``in_channels:
+    ${feature_width:${data.feat_keys},${data.feature_widths}}``: the sum of their widths."""
+    table = {**FEATURE_WIDTHS, **(widths or {})}
+    return sum(int(table.get(k, 1)) for k in feat_keys)
+
+
+# numbers derived from others in the configs (``num_classes: ${len:${data.class_names}}``)
+_RESOLVERS = (
+    ("auto_precision", auto_precision),
+    ("s3dis_areas_except", s3dis_areas_except),
+    ("len", lambda items: len(items)),
+    ("feature_width", lambda keys, widths=None: feature_width(list(keys), widths)),
+)
+for _name, _fn in _RESOLVERS:
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)

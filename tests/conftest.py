@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-import pointseg  # noqa: F401  (registers the config resolvers: ${len:...}, ${feature_width:...})
+import pointseg  # noqa: F401  (registers the config resolvers, pointseg.utils)
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from pointseg import FEATURE_WIDTHS
 from pointseg.io.formats import (
     FORMATS,
     MissingFeatureError,
@@ -25,6 +24,7 @@ from pointseg.io.formats import (
     sniff_format,
 )
 from pointseg.io.parsers import PARSERS
+from pointseg.utils import FEATURE_WIDTHS
 
 log = logging.getLogger("pointseg.io")  # the package's logger: log lines keep its name
 

@@ -109,11 +109,15 @@ def test_strided_pairs_equal_spconv_up_to_output_order() -> None:
         )
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("block_bytes", [cpu_conv.BLOCK_BYTES, 4096])
 @pytest.mark.parametrize("subm", [True, False])
-def test_conv_loop_equals_spconv_bit_for_bit(subm: bool, block_bytes: int, monkeypatch) -> None:
+def test_conv_loop_equals_spconv_bit_for_bit(
+    subm: bool, block_bytes: int, threads: int, monkeypatch
+) -> None:
     """Outputs and input gradients bit for bit, in one block or many (4096 bytes: 1024-row
-    blocks); weight gradients to rounding."""
+    blocks), on one thread (spconv's scatter kernel) and on two (the CSR product); weight
+    gradients to rounding."""
     monkeypatch.setattr(cpu_conv, "BLOCK_BYTES", block_bytes)
     before = torch.get_num_threads()
     ind = scene(2, size=32)
@@ -137,7 +141,7 @@ def test_conv_loop_equals_spconv_bit_for_bit(subm: bool, block_bytes: int, monke
             want_inv = spconv.pytorch.ops.indice_conv(
                 g, w_inv, pairs, counts, x.shape[0], True, subm
             )
-        torch.set_num_threads(max(2, before))
+        torch.set_num_threads(threads)
         rb = as_rulebook(ind, out_ind, pairs, counts, subm=subm, k=k)
         y = cpu_conv.conv_forward(x, w, rb, inverse=False)
         dx, dw = cpu_conv.conv_backward(x, w, g, rb, inverse=False)

@@ -6,11 +6,13 @@ spconv's plan, rulebook format and weight layout (KRSC: ``(C_out, *kernel, C_in)
 every step on torch ops that use the whole step's thread count, with no thread toggling:
 
 - rows are gathered with ``torch.index_select`` (all threads; spconv's ``gather_cpu`` uses one);
-- the scatter-add is a product with a 0/1 CSR matrix, ``out[r0:r1] += S @ rows`` (torch's sparse
+- on one thread the scatter-add is spconv's own ``scatter_add_cpu`` (the fastest there: 1.6 s of
+  a 2 M-point predict took 0.9 s with it); on more threads, where that kernel races (it shares
+  row pointers between threads and adds rows to the wrong outputs), it is a product with a 0/1
+  CSR matrix, ``out[r0:r1] += S @ rows`` (torch's sparse
   CSR ``addmm``, multi-threaded over output rows, so no two threads write one row). Within one
   offset every output row appears at most once, so each row of ``S`` holds at most one 1 and the
-  sum is exactly ``out + rows``, as spconv's kernel computes it. (spconv's own multi-threaded
-  scatter-add shares row pointers between threads and adds rows to the wrong outputs.)
+  sum is exactly ``out + rows``, as spconv's kernel computes it.
   The pairs of each offset are put in target-row order once per forward (usually they already
   are) and the matrices are cached on the rulebook, for every conv of the level and backward;
 - rows are processed in blocks of ``BLOCK_BYTES``, so gather, GEMM and scatter meet in cache;
@@ -27,6 +29,8 @@ import warnings
 from collections.abc import Iterator
 
 import torch
+from spconv.core_cc.csrc.sparse.all import SpconvOps
+from spconv.pytorch.cppcore import torch_tensor_to_tv
 from torch import Tensor
 
 from pointseg.sparse.rulebook import Rulebook, offset_counts
@@ -52,10 +56,10 @@ def _is_sorted(t: Tensor) -> bool:
     return t.numel() < 2 or bool((t[1:] >= t[:-1]).all())
 
 
-def _offset_order(rb: Rulebook, k: int, n: int, side: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(other rows, target rows ascending, CSR row pointers over the target rows) of offset
-    ``k``'s ``n`` pairs; ``side`` is the pairs row (0: input sites, 1: output sites) that the
-    products are added into. Cached on the rulebook."""
+def _offset_order(rb: Rulebook, k: int, n: int, side: int) -> tuple[Tensor, Tensor]:
+    """(other rows, target rows ascending) of offset ``k``'s ``n`` pairs; ``side`` is the pairs
+    row (0: input sites, 1: output sites) that the products are added into. Cached on the
+    rulebook."""
     key = ("order", k, side)
     got = rb.cache.get(key)
     if got is None:
@@ -63,10 +67,20 @@ def _offset_order(rb: Rulebook, k: int, n: int, side: int) -> tuple[Tensor, Tens
         if not _is_sorted(target):
             order = torch.argsort(target, stable=True)
             target, other = target[order], other[order]
+        got = rb.cache[key] = (other.contiguous(), target.contiguous())
+    return got
+
+
+def _row_pointers(rb: Rulebook, k: int, n: int, side: int) -> Tensor:
+    """CSR row pointers of offset ``k``'s products over the target rows. Cached."""
+    key = ("crow", k, side)
+    got = rb.cache.get(key)
+    if got is None:
+        target = _offset_order(rb, k, n, side)[1]
         rows = rb.indices.shape[0] if side == 0 else rb.out_indices.shape[0]
-        crow = torch.zeros(rows + 1, dtype=torch.int32)
-        torch.cumsum(torch.bincount(target, minlength=rows), 0, out=crow[1:])
-        got = rb.cache[key] = (other.contiguous(), target.contiguous(), crow)
+        got = torch.zeros(rows + 1, dtype=torch.int32)
+        torch.cumsum(torch.bincount(target, minlength=rows), 0, out=got[1:])
+        rb.cache[key] = got
     return got
 
 
@@ -76,7 +90,7 @@ def _scatter_matrix(rb: Rulebook, k: int, n: int, side: int, lo: int, hi: int, d
     key = ("csr", k, side, lo, hi, dtype)
     got = rb.cache.get(key)
     if got is None:
-        _, target, crow = _offset_order(rb, k, n, side)
+        target, crow = _offset_order(rb, k, n, side)[1], _row_pointers(rb, k, n, side)
         r0, r1 = int(target[lo]), int(target[hi - 1]) + 1
         cols = torch.arange(hi - lo, dtype=torch.int32)
         with warnings.catch_warnings():  # "sparse CSR support is in beta": known, once per run
@@ -93,7 +107,13 @@ def _scatter_matrix(rb: Rulebook, k: int, n: int, side: int, lo: int, hi: int, d
 
 
 def _scatter_add(out: Tensor, rows: Tensor, rb: Rulebook, k: int, n: int, side: int, lo, hi):
-    """out[target rows of pairs lo:hi] += rows, exactly, on all threads."""
+    """out[target rows of pairs lo:hi] += rows, exactly: on one thread with spconv's kernel,
+    on more with the CSR product."""
+    if torch.get_num_threads() == 1:
+        target = _offset_order(rb, k, n, side)[1]
+        tv = torch_tensor_to_tv
+        SpconvOps.scatter_add_cpu(tv(out), tv(rows), tv(target[lo:hi]))
+        return
     r0, matrix = _scatter_matrix(rb, k, n, side, lo, hi, rows.dtype)
     part = out[r0 : r0 + matrix.shape[0]]
     torch.addmm(part, matrix, rows, out=part)
@@ -158,7 +178,7 @@ def conv_backward(
         rows_in = features.new_empty((min(max(n for _, n in offsets), step), c_in))
         rows_out = features.new_empty((rows_in.shape[0], c_out))
         for k, n in offsets:
-            dst, src, _ = _offset_order(rb, k, n, source)
+            dst, src = _offset_order(rb, k, n, source)
             gw, w = grad_w[k], weight[:, k]
             for lo, hi in _blocks(n, c_in, c_out):
                 a, b = rows_in[: hi - lo], rows_out[: hi - lo]

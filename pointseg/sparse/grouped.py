@@ -177,7 +177,7 @@ def cpu_backward(
     rows = _block_rows(c_in, c_out)
     buf_a, buf_b = features.new_empty((rows, c_in)), features.new_empty((rows, c_out))
     for k, n in offset_counts(rb.indice_pair_num, rb.is_subm):
-        src, dst, _ = _offset_order(rb, k, n, 1)  # input rows, output rows
+        src, dst = _offset_order(rb, k, n, 1)  # input rows, output rows
         for lo, hi in _blocks(n, c_in, c_out):
             a = torch.index_select(features, 0, src[lo:hi], out=buf_a[: hi - lo])
             b = torch.index_select(grad_out, 0, dst[lo:hi], out=buf_b[: hi - lo])

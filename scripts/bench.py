@@ -55,6 +55,7 @@ from torch import nn  # noqa: E402
 
 from pointseg.data.datasets.synthetic import SyntheticRooms  # noqa: E402
 from pointseg.data.voxelize import voxelize  # noqa: E402
+from pointseg.threads import WAIT_SETTINGS  # noqa: E402
 from pointseg.utils import atomic_write_text, reuse_freed_memory, write_json  # noqa: E402
 
 SECTIONS = ("voxelize", "dense", "o3dml", "threads", "inference", "scaling", "gpu")
@@ -398,7 +399,7 @@ print(statistics.median(times), len(idx))
 
 
 def _thread_run(kind: str, threads: int, repeat: int) -> tuple[float, int]:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME")}
+    env = {k: v for k, v in os.environ.items() if k not in WAIT_SETTINGS}
     argv = [sys.executable, "-c", _THREAD_WORKER, kind, str(threads), str(repeat)]
     out = subprocess.run([*argv, str(ROOT / "scripts")], env=env, check=True,
                          capture_output=True, text=True).stdout.split()  # fmt: skip

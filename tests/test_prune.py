@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -19,6 +21,8 @@ from pointseg.checkpoint import (
 )
 from pointseg.models.sparse_unet import SparseUNet
 from pointseg.prune import structured, unstructured
+from pointseg.prune.methods import MagnitudePruning
+from pointseg.utils import CONF_DIR
 from tests.conftest import TINY
 
 TINY_NET = [
@@ -326,3 +330,41 @@ def test_bn_recalibration_averages_every_batch_and_keeps_weights() -> None:
     want = torch.stack([b.mean(0) for b in batches]).mean(0)
     torch.testing.assert_close(bn.running_mean, want)
     assert bn.momentum == 0.02 and not bn.training and torch.equal(bn.weight, weight)
+
+
+def test_prune_config_maps_to_its_method_class_by_target() -> None:
+    from pointseg.prune.methods import ChannelPruning, L1Pruning, MagnitudePruning, PruneMethod
+
+    for name, cls in (("magnitude", MagnitudePruning), ("l1", L1Pruning),
+                      ("structured", ChannelPruning)):  # fmt: skip
+        cfg = OmegaConf.load(CONF_DIR / "prune" / f"{name}.yaml")
+        method = PruneMethod.from_config(cfg)
+        assert type(method) is cls and method.name == name
+        assert method.amount == cfg.amount and list(method.sweep) == list(cfg.sweep)
+    with pytest.raises(ValueError, match=r"unknown prune option\(s\) \['ramp'\]"):
+        PruneMethod.from_config({"_target_": "pointseg.prune.methods.L1Pruning", "ramp": 0.5})
+    with pytest.raises(ValueError, match=r"prune._target_=collections.OrderedDict is not"):
+        PruneMethod.from_config({"_target_": "collections.OrderedDict"})
+    with pytest.raises(ValueError, match=r"prune._target_ is missing"):
+        PruneMethod.from_config({"amount": 0.5})
+    with pytest.raises(ValueError, match=r"prune\.criterion"):
+        PruneMethod.from_config({"_target_": "pointseg.prune.methods.ChannelPruning",
+                                 "criterion": "random"})  # fmt: skip
+
+
+@dataclasses.dataclass
+class HalfRampPruning(MagnitudePruning):
+    """A user's method: magnitude pruning under its own name and description."""
+
+    name: ClassVar[str] = "half-ramp"
+
+    def describe(self) -> str:
+        return "half ramp"
+
+
+def test_a_method_of_ones_own_runs_through_the_pipeline(compose_cfg, tiny_ckpt: Path) -> None:
+    result = _prune(compose_cfg, tiny_ckpt, "prune._target_=tests.test_prune.HalfRampPruning",
+                    "prune.amount=0.6", "prune.sweep=[]")  # fmt: skip
+    assert result["method"] == "half-ramp" and result["finetune"] == "half ramp"
+    net = build_net(load_checkpoint(result["pruned_ckpt"]))
+    assert unstructured.weight_sparsity(net).fraction == pytest.approx(0.6, abs=1e-4)

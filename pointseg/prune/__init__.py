@@ -1,6 +1,7 @@
 """Model compression: ``pointseg-prune ckpt_path=... prune=<method> prune.amount=...``.
 
-Methods: ``magnitude``, ``l1``, ``structured``.
+Methods (``conf/prune/<name>.yaml``, each mapped to its class by ``_target_``):
+``magnitude``, ``l1``, ``structured`` (``pointseg.prune.methods``).
 
 ``pointseg.prune.unstructured`` (global magnitude masks, cubic schedule, L1 penalty),
 ``pointseg.prune.structured`` (channel removal for ``SparseUNet``), ``pointseg.prune.run``

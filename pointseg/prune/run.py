@@ -10,7 +10,6 @@ dense and the pruned network on the same CPU scene; write ``prune_report.md``,
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -30,48 +29,27 @@ from pointseg.checkpoint import (
 )
 from pointseg.data.collate import collate
 from pointseg.guards import guard_task
-from pointseg.prune import measure, structured, unstructured
+from pointseg.prune import measure, unstructured
 from pointseg.prune.finetune import finetune, recalibrate_bn
+from pointseg.prune.methods import PruneContext, PruneMethod
 from pointseg.prune.report import write_prune_report
 from pointseg.segmenter import RECIPE_KEY
 from pointseg.threads import set_threads
 from pointseg.utils import CONF_DIR, reuse_freed_memory, write_json
 
 log = logging.getLogger(__name__)
-METHODS = ("magnitude", "l1", "structured")
-
-
-def check_prune_config(p: DictConfig) -> None:
-    method = p.get("method")
-    if method not in METHODS:
-        raise ValueError(f"prune.method must be one of {list(METHODS)}, got {method!r}")
-    unstructured.check_amount(p.get("amount"), field="prune.amount")
-    for a in p.get("sweep") or []:
-        unstructured.check_amount(a, field="prune.sweep")
-    for key in ("epochs", "recover_epochs"):
-        v = p.get(key, 0)
-        if not isinstance(v, int) or v < 0:
-            raise ValueError(f"prune.{key} must be an integer >= 0, got {v!r}")
-    if not float(p.get("lr", 0)) > 0:
-        raise ValueError(f"prune.lr must be > 0, got {p.get('lr')!r}")
-    if not 0.0 <= float(p.get("ramp", 0.0)) <= 1.0:
-        raise ValueError("prune.ramp (fraction of fine-tuning steps) must be in [0, 1]")
 
 
 def prune(cfg: DictConfig) -> dict[str, Any]:
-    p = cfg.prune
-    check_prune_config(p)
-    amount, method = float(p.amount), str(p.method)
+    method = PruneMethod.from_config(cfg.prune)  # conf/prune/*.yaml: _target_ + options
+    amount = method.amount
     set_threads(cfg.get("threads"))  # pointseg/threads.py: null = the CPUs available
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
     ckpt = load_checkpoint(cfg.ckpt_path, trust=bool(cfg.get("trust_checkpoint")))
     stored = OmegaConf.create(ckpt["pointseg_config"])
-    if method == "structured" and stored.model.net.get("_target_") != (
-        "pointseg.models.sparse_unet.SparseUNet"
-    ):
-        raise ValueError(f"prune=structured needs a SparseUNet checkpoint, got {cfg.ckpt_path}")
+    method.check_model(stored, str(cfg.ckpt_path))
     data_cfg = OmegaConf.merge(stored.data, cfg.get("data") or {})
     datamodule = hydra.utils.instantiate(data_cfg)
     dense = build_module(ckpt)
@@ -85,16 +63,16 @@ def prune(cfg: DictConfig) -> dict[str, Any]:
         return measure.val_miou(module.net, recipe, val_scenes, ignore_index=ignore)
 
     progress = bool(cfg.get("progress", True))
-    sweep_levels = sorted({float(a) for a in (p.get("sweep") or [])} | {amount})
+    sweep_levels = sorted(set(method.sweep) | {amount})
     bar = tqdm(total=1 + len(sweep_levels), desc="one-shot sweep (val)", disable=not progress)
     dense_miou = evaluate(dense)
     bar.update(1)
     sweep: list[dict[str, Any]] = []
     before_module, net_cfg = None, None
     for a in sweep_levels:
-        one_shot, cfg_a = _one_shot(method, dense, stored, a, criterion=p.get("criterion", "bn"))
+        one_shot, cfg_a = method.one_shot(dense, stored, a)
         miou = evaluate(one_shot)
-        sweep.append({"amount": a, "sparsity": _sparsity(method, one_shot, a), "miou": miou})
+        sweep.append({"amount": a, "sparsity": method.sparsity(one_shot, a), "miou": miou})
         if a == amount:
             before_module, net_cfg = one_shot, cfg_a
         bar.update(1)
@@ -105,7 +83,7 @@ def prune(cfg: DictConfig) -> dict[str, Any]:
     # --- prune + fine-tune -------------------------------------------------------------
     def fit(module: Any, callbacks: list, *, epochs: int, stage: str) -> None:
         finetune(
-            module, datamodule, callbacks, optimizer=stored.model.optimizer, lr=float(p.lr),
+            module, datamodule, callbacks, optimizer=stored.model.optimizer, lr=float(method.lr),
             epochs=epochs, stage=stage, run_dir=run_dir, trainer_cfg=cfg.trainer,
             progress=progress,
         )  # fmt: skip
@@ -119,47 +97,21 @@ def prune(cfg: DictConfig) -> dict[str, Any]:
         trajectory.append(
             {
                 "stage": stage,
-                "sparsity": _sparsity(method, module, amount),
+                "sparsity": method.sparsity(module, amount),
                 "miou": evaluate(module),
             }
         )
 
     trajectory: list[dict[str, Any]] = []
-    if method == "structured":
-        module = copy.deepcopy(before_module)
-        recalibrate(module, "channels removed, BN recalibrated")
-        fit(module, [], epochs=int(p.epochs), stage="finetune")
-    else:
-        module = _fresh(dense, stored)
-        if method == "magnitude":
-            steps = int(p.epochs) * len(datamodule.train_dataloader())
-            cb = unstructured.MaskedFineTuning(
-                final=amount, ramp_steps=int(p.ramp * steps), update_every=int(p.update_every)
-            )
-            fit(module, [cb], epochs=int(p.epochs), stage="finetune")
-        else:  # l1: penalised fine-tuning, thresholding, then masked recovery
-            cb = unstructured.L1Penalty(l1=float(p.l1), group=float(p.group_lasso))
-            fit(module, [cb], epochs=int(p.epochs), stage="l1")
-            trajectory.append(
-                {
-                    "stage": "after L1 fine-tuning",
-                    "sparsity": unstructured.weight_sparsity(module.net).fraction,
-                    "miou": evaluate(module),
-                }
-            )
-            masks = unstructured.global_magnitude_masks(
-                unstructured.prunable_weights(module.net), amount
-            )
-            unstructured.apply_masks(module.net, masks)
-            trajectory.append(
-                {"stage": "thresholded", "sparsity": amount, "miou": evaluate(module)}
-            )
-            hold = unstructured.MaskedFineTuning(final=amount, ramp_steps=0)
-            fit(module, [hold], epochs=int(p.recover_epochs), stage="recover")
+    ctx = PruneContext(
+        dense=dense, stored=stored, steps_per_epoch=len(datamodule.train_dataloader()),
+        fit=fit, evaluate=evaluate, recalibrate=recalibrate, trajectory=trajectory,
+    )  # fmt: skip
+    module = method.prune_and_finetune(ctx, before_module)
     trajectory.append(
         {
             "stage": "fine-tuned",
-            "sparsity": _sparsity(method, module, amount),
+            "sparsity": method.sparsity(module, amount),
             "miou": evaluate(module),
         }
     )
@@ -168,12 +120,12 @@ def prune(cfg: DictConfig) -> dict[str, Any]:
 
     # --- save ---------------------------------------------------------------------------
     config = OmegaConf.to_container(stored, resolve=True)
-    if method == "structured":
+    if net_cfg is not None:  # a rebuilt, smaller network
         config["model"]["net"] = net_cfg
     meta = {
         RECIPE_KEY: recipe.to_dict(),
         "pruning": {
-            "method": method,
+            "method": method.name,
             "amount": amount,
             "weight_sparsity": unstructured.weight_sparsity(module.net).fraction,
             "source": str(Path(cfg.ckpt_path).resolve()),
@@ -186,7 +138,7 @@ def prune(cfg: DictConfig) -> dict[str, Any]:
     )
     files["weights only, dense layout"] = {"path": str(pruned_path)}
     final_path = pruned_path
-    if method != "structured":
+    if method.compressed:
         sparse_path = save_checkpoint(
             weights_checkpoint(module.state_dict(), config, compressed=True, extra=meta),
             ckpt_dir / "pruned_sparse.ckpt",
@@ -224,14 +176,14 @@ def prune(cfg: DictConfig) -> dict[str, Any]:
         }
 
     final_size = Path(final_path).stat().st_size
-    sparsity_after = _sparsity(method, module, amount)
+    sparsity_after = method.sparsity(module, amount)
     result: dict[str, Any] = {
-        "method": method,
+        "method": method.name,
         "amount": amount,
-        "x_label": "fraction of channels removed" if method == "structured" else "weight sparsity",
+        "x_label": method.x_label,
         "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
         "source_size_bytes": Path(cfg.ckpt_path).stat().st_size,
-        "finetune": _describe(p),
+        "finetune": method.describe(),
         "dense": summary(dense, dense_miou, 0.0, dense_size, lat["dense"]),
         "before": summary(before_module, before["miou"], before["sparsity"], None, None),
         "after": summary(module, after_miou, sparsity_after, final_size, lat["pruned"]),
@@ -254,62 +206,12 @@ def prune(cfg: DictConfig) -> dict[str, Any]:
         "pruned_ckpt": str(Path(final_path).resolve()),
         "run_dir": str(run_dir.resolve()),
     }
-    if method == "structured":
+    if net_cfg is not None:
         result["widths"] = module.net.widths
     write_json(run_dir / "metrics.json", result)
     if (cfg.get("report") or {}).get("enabled", True):
         result["report"] = str(write_prune_report(run_dir, result))
     return result
-
-
-def _sparsity(method: str, module: Any, amount: float) -> float:
-    """x of the curve: weight sparsity, or the fraction of channels removed (structured)."""
-    if method == "structured":
-        return amount
-    return unstructured.weight_sparsity(module.net).fraction
-
-
-def _fresh(dense: Any, stored: DictConfig) -> Any:
-    module = hydra.utils.instantiate(stored.model)
-    module.load_state_dict(dense.state_dict())
-    return module
-
-
-def _one_shot(
-    method: str, dense: Any, stored: DictConfig, amount: float, *, criterion: str
-) -> tuple[Any, dict[str, Any] | None]:
-    """The dense model pruned to ``amount`` without any training, and its new net config."""
-    if method != "structured":  # magnitude and l1 both end in global magnitude masks
-        module = _fresh(dense, stored)
-        weights = unstructured.prunable_weights(module.net)
-        unstructured.apply_masks(module.net, unstructured.global_magnitude_masks(weights, amount))
-        return module, None
-    net = dense.net
-    plan = structured.channel_plan(net)
-    keep = structured.select_channels(structured.channel_scores(net, plan, by=criterion), amount)
-    small_net, net_cfg = structured.prune_channels(
-        net, OmegaConf.to_container(stored.model.net, resolve=True), keep
-    )
-    model_cfg = OmegaConf.to_container(stored.model, resolve=True)
-    model_cfg["net"] = net_cfg
-    module = hydra.utils.instantiate(model_cfg)
-    module.net.load_state_dict(small_net.state_dict())
-    return module, net_cfg
-
-
-def _describe(p: DictConfig) -> str:
-    if p.method == "magnitude":
-        return (
-            f"{p.epochs} epochs at lr {p.lr}; global magnitude sparsity ramped 0 -> {p.amount} "
-            f"(cubic) over the first {100 * float(p.ramp):.0f} % of the steps, masks "
-            f"recomputed every {p.update_every} step(s)"
-        )
-    if p.method == "l1":
-        return (
-            f"{p.epochs} epochs at lr {p.lr} with L1 penalty {p.l1} and group lasso "
-            f"{p.group_lasso}, thresholded to {p.amount}, then {p.recover_epochs} masked epochs"
-        )
-    return f"{p.epochs} epochs at lr {p.lr} after removing channels (ranked by {p.criterion})"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="prune")

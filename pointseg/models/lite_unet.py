@@ -24,10 +24,7 @@ from torch import Tensor, nn
 
 from pointseg.models.blocks import (
     BN_MOMENTUM,
-    ConvBNReLU,
     batch_norm,
-    inverse_conv3d,
-    strided_conv3d,
     subm_conv3d,
 )
 from pointseg.models.sparse_unet import (
@@ -165,46 +162,16 @@ class LiteUNet(UNetSkeleton):
                 raise ValueError(f"{name} must be odd (centred on the voxel), got {k}")
         if pw_groups < 1:
             raise ValueError(f"pw_groups must be >= 1, got {pw_groups}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self.in_channels, self.num_classes = in_channels, num_classes
-        self.num_stages = n = len(channels) // 2
-        self.widths = w = resolve_widths(stem_channels, channels, layers, widths)
-        bn = {"bn_momentum": bn_momentum}
-        block = {"kernel": kernel, "pw_groups": pw_groups, "shuffle": shuffle, **bn}
-
+        w = resolve_widths(stem_channels, channels, layers, widths)
+        block = {"kernel": kernel, "pw_groups": pw_groups, "shuffle": shuffle,
+                 "bn_momentum": bn_momentum}  # fmt: skip
         stem_key = level_key(0, stem_kernel)  # shares level 0's rulebook if the kernels agree
-        stem_conv = subm_conv3d(in_channels, w["stem"], stem_kernel, indice_key=stem_key)
-        self.stem = ConvBNReLU(stem_conv, w["stem"], **bn)
 
-        width = [w["stem"], *w["down"]]
-        self.encoders = nn.ModuleList()
-        for i in range(n):
-            down = strided_conv3d(width[i], width[i + 1], indice_key=f"down{i + 1}")
-            blocks = lite_stack(
-                width[i + 1], width[i + 1], w["enc_mid"][i], indice_key=level_key(i + 1, kernel),
-                **block,
-            )  # fmt: skip
-            self.encoders.append(
-                spconv.SparseSequential(ConvBNReLU(down, width[i + 1], **bn), blocks)
-            )
+        def stack(in_ch: int, out_ch: int, mids: Sequence[int], level: int) -> nn.Module:
+            return lite_stack(in_ch, out_ch, mids, indice_key=level_key(level, kernel), **block)
 
-        self.ups, self.decoders = nn.ModuleList(), nn.ModuleList()
-        prev = width[n]
-        for j in range(n):
-            level, up_w, out = n - j - 1, w["up"][j], w["dec"][j]
-            up = inverse_conv3d(prev, up_w, indice_key=f"down{level + 1}")
-            self.ups.append(ConvBNReLU(up, up_w, **bn))
-            self.decoders.append(
-                lite_stack(
-                    up_w + width[level],
-                    out,
-                    w["dec_mid"][j],
-                    indice_key=level_key(level, kernel),
-                    **block,
-                )  # fmt: skip
-            )
-            prev = out
-
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.head = nn.Linear(prev, num_classes)
+        self.build(
+            in_channels, num_classes, w,
+            stem_conv=subm_conv3d(in_channels, w["stem"], stem_kernel, indice_key=stem_key),
+            stack=stack, dropout=dropout, bn_momentum=bn_momentum,
+        )  # fmt: skip

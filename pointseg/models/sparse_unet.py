@@ -13,7 +13,7 @@ the output has exactly the input voxels, in the input row order.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import spconv.pytorch as spconv
@@ -110,14 +110,65 @@ def resolve_widths(
     return out
 
 
+# stack(in_channels, out_channels, mid_widths, level) -> the blocks of one encoder or decoder
+# stage working at ``level`` (one block per entry of ``mid_widths``)
+StageFactory = Callable[[int, int, Sequence[int], int], nn.Module]
+
+
 class UNetSkeleton(nn.Module):
-    """The forward pass shared by pointseg's U-Nets: stem, encoders (each pooling one level),
-    then per level an inverse conv, concatenation with that level's skip and a decoder, and
-    a Linear head. A subclass builds ``stem``, ``encoders``, ``ups``, ``decoders``,
-    ``dropout`` and ``head`` and sets ``in_channels`` and ``num_stages``."""
+    """The layout and forward pass shared by pointseg's U-Nets: stem, encoders (each pooling
+    one level), then per level an inverse conv, concatenation with that level's skip and a
+    decoder, and a Linear head. A subclass checks its options and calls ``build`` with its
+    stem conv and its stage blocks; the module names (``stem``, ``encoders.i``, ``ups.j``,
+    ``decoders.j``, ``head``) are the same for every U-Net, which structured pruning and
+    checkpoints rely on."""
 
     in_channels: int
     num_stages: int
+
+    def build(
+        self,
+        in_channels: int,
+        num_classes: int,
+        widths: dict[str, Any],
+        *,
+        stem_conv: nn.Module,
+        stack: StageFactory,
+        dropout: float,
+        bn_momentum: float,
+    ) -> None:
+        """Create every layer from the resolved ``widths`` (``resolve_widths``)."""
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        w, bn = widths, {"bn_momentum": bn_momentum}
+        self.in_channels, self.num_classes, self.widths = in_channels, num_classes, w
+        self.num_stages = n = len(w["down"])
+        self.stem = ConvBNReLU(stem_conv, w["stem"], **bn)
+
+        # Encoder stage i goes from level i to level i + 1 (level 0 = input resolution).
+        width = [w["stem"], *w["down"]]  # width[level] of the encoder features
+        self.encoders = nn.ModuleList()
+        for i in range(n):
+            down = strided_conv3d(width[i], width[i + 1], indice_key=f"down{i + 1}")
+            blocks = stack(width[i + 1], width[i + 1], w["enc_mid"][i], i + 1)
+            self.encoders.append(
+                spconv.SparseSequential(ConvBNReLU(down, width[i + 1], **bn), blocks)
+            )
+
+        # Decoder stage j goes from level n - j back to level n - j - 1, undoing "down{n - j}",
+        # then fuses the encoder features of that level (the skip).
+        self.ups, self.decoders = nn.ModuleList(), nn.ModuleList()
+        prev = width[n]
+        for j in range(n):
+            level, up_w, out = n - j - 1, w["up"][j], w["dec"][j]
+            up = inverse_conv3d(prev, up_w, indice_key=f"down{level + 1}")
+            self.ups.append(ConvBNReLU(up, up_w, **bn))
+            self.decoders.append(stack(up_w + width[level], out, w["dec_mid"][j], level))
+            prev = out
+
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        # A Linear head, not a 1x1 sparse conv: its bias is safe on CPU in eval mode.
+        self.head = nn.Linear(prev, num_classes)
 
     def forward(self, feat: Tensor, indices: Tensor, batch_size: int) -> Tensor:
         """feat (M, C_in) float32/float16, indices (M, 4) int32 [b, x, y, z] -> (M, K) logits."""
@@ -163,59 +214,19 @@ class SparseUNet(UNetSkeleton):
             raise ValueError("in_channels, num_classes and stem_channels must be positive")
         if stem_kernel < 1 or stem_kernel % 2 == 0:
             raise ValueError(f"stem_kernel must be odd (centred on the voxel), got {stem_kernel}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self.in_channels, self.num_classes = in_channels, num_classes
-        self.num_stages = n = len(channels) // 2
-        bn = {"bn_momentum": bn_momentum}
-
-        self.widths = w = resolve_widths(stem_channels, channels, layers, widths)
-
+        w = resolve_widths(stem_channels, channels, layers, widths)
         # A k=3 stem can share the full-resolution rulebook with the last decoder stage.
         stem_key = "subm0" if stem_kernel == 3 else "stem"
-        stem_conv = subm_conv3d(in_channels, w["stem"], stem_kernel, indice_key=stem_key)
-        self.stem = ConvBNReLU(stem_conv, w["stem"], **bn)
 
-        # Encoder stage i goes from level i to level i + 1 (level 0 = input resolution).
-        width = [w["stem"], *w["down"]]  # width[level] of the encoder features
-        self.encoders = nn.ModuleList()
-        for i in range(n):
-            down = strided_conv3d(width[i], width[i + 1], indice_key=f"down{i + 1}")
-            blocks = residual_stack(
-                width[i + 1],
-                width[i + 1],
-                layers[i],
-                indice_key=f"subm{i + 1}",
-                mid_channels=w["enc_mid"][i],
-                **bn,
-            )
-            self.encoders.append(
-                spconv.SparseSequential(ConvBNReLU(down, width[i + 1], **bn), blocks)
-            )
+        def stack(in_ch: int, out_ch: int, mids: Sequence[int], level: int) -> nn.Module:
+            return residual_stack(in_ch, out_ch, len(mids), indice_key=f"subm{level}",
+                                  mid_channels=mids, bn_momentum=bn_momentum)  # fmt: skip
 
-        # Decoder stage j goes from level n - j back to level n - j - 1, undoing "down{n - j}",
-        # then fuses the encoder features of that level (the skip).
-        self.ups, self.decoders = nn.ModuleList(), nn.ModuleList()
-        prev = width[n]
-        for j in range(n):
-            level, up_w, out = n - j - 1, w["up"][j], w["dec"][j]
-            up = inverse_conv3d(prev, up_w, indice_key=f"down{level + 1}")
-            self.ups.append(ConvBNReLU(up, up_w, **bn))
-            self.decoders.append(
-                residual_stack(
-                    up_w + width[level],
-                    out,
-                    layers[n + j],
-                    indice_key=f"subm{level}",
-                    mid_channels=w["dec_mid"][j],
-                    **bn,
-                )
-            )
-            prev = out
-
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        # A Linear head, not a 1x1 sparse conv: its bias is safe on CPU in eval mode.
-        self.head = nn.Linear(prev, num_classes)
+        self.build(
+            in_channels, num_classes, w,
+            stem_conv=subm_conv3d(in_channels, w["stem"], stem_kernel, indice_key=stem_key),
+            stack=stack, dropout=dropout, bn_momentum=bn_momentum,
+        )  # fmt: skip
 
 
 def spunet34c(in_channels: int, num_classes: int, **kwargs) -> SparseUNet:

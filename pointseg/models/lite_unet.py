@@ -31,8 +31,7 @@ from pointseg.models.sparse_unet import (
     SMALL_CHANNELS,
     SMALL_LAYERS,
     UNetSkeleton,
-    _check_config,
-    resolve_widths,
+    unet_widths,
 )
 from pointseg.sparse import SubMConv3d
 from pointseg.sparse.grouped import check_groups, group_mm
@@ -154,15 +153,12 @@ class LiteUNet(UNetSkeleton):
         widths: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        channels, layers = _check_config(channels, layers)
-        if in_channels < 1 or num_classes < 1 or stem_channels < 1:
-            raise ValueError("in_channels, num_classes and stem_channels must be positive")
+        w = unet_widths(in_channels, num_classes, stem_channels, channels, layers, widths)
         for name, k in (("stem_kernel", stem_kernel), ("kernel", kernel)):
             if k < 1 or k % 2 == 0:
                 raise ValueError(f"{name} must be odd (centred on the voxel), got {k}")
         if pw_groups < 1:
             raise ValueError(f"pw_groups must be >= 1, got {pw_groups}")
-        w = resolve_widths(stem_channels, channels, layers, widths)
         block = {"kernel": kernel, "pw_groups": pw_groups, "shuffle": shuffle,
                  "bn_momentum": bn_momentum}  # fmt: skip
         stem_key = level_key(0, stem_kernel)  # shares level 0's rulebook if the kernels agree

@@ -110,6 +110,21 @@ def resolve_widths(
     return out
 
 
+def unet_widths(
+    in_channels: int,
+    num_classes: int,
+    stem_channels: int,
+    channels: Sequence[int],
+    layers: Sequence[int],
+    widths: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """Check a U-Net's size options and resolve its widths (``resolve_widths``)."""
+    channels, layers = _check_config(channels, layers)
+    if in_channels < 1 or num_classes < 1 or stem_channels < 1:
+        raise ValueError("in_channels, num_classes and stem_channels must be positive")
+    return resolve_widths(stem_channels, channels, layers, widths)
+
+
 # stack(in_channels, out_channels, mid_widths, level) -> the blocks of one encoder or decoder
 # stage working at ``level`` (one block per entry of ``mid_widths``)
 StageFactory = Callable[[int, int, Sequence[int], int], nn.Module]
@@ -209,12 +224,9 @@ class SparseUNet(UNetSkeleton):
         widths: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        channels, layers = _check_config(channels, layers)
-        if in_channels < 1 or num_classes < 1 or stem_channels < 1:
-            raise ValueError("in_channels, num_classes and stem_channels must be positive")
+        w = unet_widths(in_channels, num_classes, stem_channels, channels, layers, widths)
         if stem_kernel < 1 or stem_kernel % 2 == 0:
             raise ValueError(f"stem_kernel must be odd (centred on the voxel), got {stem_kernel}")
-        w = resolve_widths(stem_channels, channels, layers, widths)
         # A k=3 stem can share the full-resolution rulebook with the last decoder stage.
         stem_key = "subm0" if stem_kernel == 3 else "stem"
 

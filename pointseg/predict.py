@@ -188,7 +188,8 @@ def _write_probs(path: Path, pred: Any, dtype: str, chunk: int, kept: np.ndarray
 def _output_options(cfg: DictConfig) -> dict[str, Any]:
     """The options that change a file's outputs (part of its resume key)."""
     keys = ("format", "columns", "write_ply", "write_las", "asprs_map", "save_probs",
-            "probs_dtype", "nonfinite", "tta", "inference", "bounds", "stream")  # fmt: skip
+            "probs_dtype", "nonfinite", "max_bad_lines", "tta", "inference", "bounds",
+            "stream")  # fmt: skip
     return {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
             for k, v in ((k, cfg.get(k)) for k in keys)}  # fmt: skip
 
@@ -299,7 +300,7 @@ def _predict_file(
     t0 = time.perf_counter()
     sample = predictor.read(
         path, format=cfg.get("format"), columns=cfg.get("columns"),
-        nonfinite=cfg.get("nonfinite", "drop"),
+        nonfinite=cfg.get("nonfinite", "drop"), max_bad_lines=cfg.get("max_bad_lines", 0),
     )  # fmt: skip
     kept = sample.pop("kept", None)  # (N,) bool when points with NaN/Inf coordinates were left out
     t_read = time.perf_counter() - t0

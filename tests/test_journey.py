@@ -1,7 +1,7 @@
 """What a user does, end to end: prepare -> train -> eval -> predict on the raw file.
 
 For each kind of data (LAS tiles with the default ``data=las`` features, SemanticKITTI raw
-scans, a ScanNet-style scene folder, synthetic rooms) a tiny model is trained for a few
+scans, a ScanNet-style scene folder, S3DIS rooms, synthetic rooms) a tiny model is trained for a few
 steps through the real configs; ``pointseg-eval save_labels=true`` labels the val scenes,
 and ``pointseg-predict`` labels the raw file a val scene came from. The two must give the
 same label to every point: one checkpoint, one recipe, one reader.
@@ -9,6 +9,7 @@ same label to every point: one checkpoint, one recipe, one reader.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,90 @@ def test_scannet_scene_folder(tmp_path: Path) -> None:
         raw, "val/scene0011_00",
     )  # fmt: skip
     np.testing.assert_array_equal(by_predict, by_eval)
+
+
+# a bad line like the one in the release's Area_5/office_19/Annotations/ceiling_1.txt
+S3DIS_BAD_LINE = b"185.3\x10000 1.0 2.0 10 20 30"
+
+
+def _s3dis_room(
+    room: Path, rng: np.random.Generator, *, offset: tuple[float, float, float] = (0, 0, 0),
+    bad_line: bool = False,
+) -> None:  # fmt: skip
+    """A raw S3DIS room: ``Annotations/<class>_<k>.txt`` ('x y z r g b', 0-255 colours) and
+    the room-level ``<room>.txt`` holding the same lines, the annotation files in sorted order
+    (``bad_line``: a corrupt third line in ``ceiling_1.txt``, and so in the room file)."""
+    w, d, h = rng.uniform([4.0, 3.0, 2.6], [6.0, 5.0, 3.2])
+    objects = {  # name: (low corner, high corner, points, base colour)
+        "ceiling_1": ((0, 0, h - 0.02), (w, d, h), 500, (225, 225, 220)),
+        "floor_1": ((0, 0, 0), (w, d, 0.02), 500, (140, 110, 80)),
+        "wall_1": ((0, 0, 0), (w, 0.02, h), 400, (200, 190, 170)),
+        "wall_2": ((0, 0, 0), (0.02, d, h), 300, (190, 200, 170)),
+        "table_1": ((1.0, 1.0, 0.72), (2.2, 1.8, 0.76), 200, (90, 60, 30)),
+        "chair_1": ((2.6, 1.2, 0.0), (3.0, 1.6, 0.9), 150, (30, 30, 160)),
+    }
+    folder = room / "Annotations"
+    folder.mkdir(parents=True)
+    texts = {}
+    for name, (lo, hi, n, base) in objects.items():
+        xyz = rng.uniform(lo, hi, (n, 3)) + np.asarray(offset)
+        rgb = np.clip(np.asarray(base) + rng.integers(-20, 21, (n, 3)), 0, 255)
+        lines = [b"%.3f %.3f %.3f %d %d %d" % (*p, *c) for p, c in zip(xyz, rgb, strict=True)]
+        if bad_line and name == "ceiling_1":
+            lines.insert(2, S3DIS_BAD_LINE)
+        texts[name] = b"\n".join(lines) + b"\n"
+        (folder / f"{name}.txt").write_bytes(texts[name])
+    (room / f"{room.name}.txt").write_bytes(b"".join(texts[k] for k in sorted(texts)))
+
+
+def test_s3dis_rooms(tmp_path: Path) -> None:
+    """Stanford3dDataset_v1.2's layout -> pointseg-prepare s3dis -> colour + height features;
+    predict on a val room's room-level ``.txt`` (read by the same text reader) gives eval's
+    labels, every point."""
+    import pointseg.prepare
+
+    src, dst = tmp_path / "Stanford3dDataset_v1.2", tmp_path / "s3dis"
+    rng = np.random.default_rng(0)
+    for room in ("Area_1/office_1", "Area_1/office_2", "Area_2/office_1"):
+        _s3dis_room(src / room, rng)
+    pointseg.prepare.main(["s3dis", f"src={src}", f"dst={dst}"])
+    raw = src / "Area_2/office_1/office_1.txt"
+    by_eval, by_predict, _ = _journey(
+        tmp_path,
+        ["data=s3dis", f"data.train_dataset.root={dst}", "data.train_dataset.splits=[Area_1]",
+         "data.val_dataset.splits=[Area_2]", "data.num_workers=0", "data.val_batch_size=1"],
+        raw, "Area_2/office_1",
+    )  # fmt: skip
+    assert len(by_predict) == len(by_eval) == len(raw.read_bytes().splitlines())
+    np.testing.assert_array_equal(by_predict, by_eval)
+
+
+@pytest.mark.parametrize("offset", [(0.0, 0.0, 0.0), (20_000.0, 30_000.0, 100.0)])
+def test_s3dis_prepared_arrays_equal_the_raw_reader(tmp_path: Path, offset: tuple) -> None:
+    """The preparer reads the annotation files with predict's text reader and finishes the
+    room as read_points does: coord and color of a prepared room equal what read_points gives
+    for the room's ``.txt`` (with the options recorded in meta.json), a skipped bad line and a
+    re-centred (beyond 10 km) room included."""
+    from pointseg.data.datasets.scene_folder import SceneFolder
+    from pointseg.io import read_points
+    from pointseg.prepare.s3dis import prepare
+
+    src, dst = tmp_path / "Stanford3dDataset_v1.2", tmp_path / "s3dis"
+    _s3dis_room(src / "Area_5/office_19", np.random.default_rng(1), offset=offset, bad_line=True)
+    prepare(src, dst)
+    folder = SceneFolder(dst, "Area_5", keys=("coord", "color"))
+    scene, reader = folder[0], folder.reader_options()
+    assert reader == {}  # read_points' defaults for text files
+    raw = read_points(src / "Area_5/office_19/office_19.txt", **reader, max_bad_lines=1)
+    for key in ("coord", "color"):
+        np.testing.assert_array_equal(raw[key], scene[key], err_msg=key)
+    meta = json.loads((dst / "Area_5/office_19/meta.json").read_text())
+    np.testing.assert_array_equal(meta["origin"], raw["origin"])
+    assert meta["skipped_lines"] == {"Annotations/ceiling_1.txt": [3]}
+    if offset == (0.0, 0.0, 0.0):  # S3DIS rooms keep the release's frame
+        assert raw["origin"].tolist() == [0.0, 0.0, 0.0]
+    else:  # world = coord + origin, as predict writes it back
+        assert raw["origin"].tolist() == [20_000.0, 30_000.0, 100.0]
 
 
 def test_synthetic_rooms(tmp_path: Path) -> None:

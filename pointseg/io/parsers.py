@@ -1,6 +1,7 @@
 """One parser per point-file format (text, NPY, NPZ, KITTI ``.bin``, PLY, PCD): each returns
 the file's raw columns in the sample vocabulary, which ``pointseg.io.read_points`` then
-checks, re-centres and scales the same way for every format (LAS: ``read_las``)."""
+checks, re-centres and scales the same way for every format (LAS: ``read_las``). Text tables
+are read by ``pointseg.io.text.read_table``, which ``pointseg-prepare s3dis`` uses too."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from pointseg.io.formats import PointFileError
+from pointseg.io.text import read_table
 
 log = logging.getLogger("pointseg.io")  # the package's logger: log lines keep its name
 
@@ -79,44 +81,25 @@ def _default_columns(path: Path, width: int, what: str) -> list[str]:
     return _DEFAULT_COLUMNS[width].split(",")
 
 
-def _read_text(path: Path, columns: str | Sequence[str] | None) -> dict[str, np.ndarray]:
-    with open(path) as f:
-        first = ""
-        for line in f:
-            if line.strip() and not line.lstrip().startswith(("#", "//")):
-                first = line
-                break
-    if not first:
+def _read_text(
+    path: Path, columns: str | Sequence[str] | None, *, max_bad_lines: int = 0
+) -> dict[str, np.ndarray]:
+    """A text table (``pointseg.io.text``): columns named by ``columns``, else by a header
+    line of names, else by the column count (3: x,y,z; 4: +intensity; 6: +r,g,b)."""
+    table = read_table(path, max_bad_lines=max_bad_lines)
+    if table.header is None and len(table.values) == 0:
         raise PointFileError(f"{path}: no data lines")
-    delim = "," if "," in first else None
-    tokens = [t.strip() for t in (first.split(",") if delim else first.split())]
-    header = not all(_is_number(t) for t in tokens)
-    try:
-        table = np.loadtxt(path, delimiter=delim, comments=("#", "//"), ndmin=2,
-                           skiprows=1 if header else 0, dtype=np.float64)  # fmt: skip
-    except ValueError as err:
-        raise PointFileError(
-            f"{path}: not a numeric table ({err}); every row needs the same number of "
-            "numeric columns (one optional header line of names)"
-        ) from err
-    if columns is None and header:
-        names = [t.lower() for t in tokens]
+    values = table.values
+    if columns is None and table.header is not None:
+        names = [t.lower() for t in table.header]
         if not {"x", "y", "z"} <= set(names):
-            raise PointFileError(f"{path}: header {tokens} has no x, y, z; pass columns=...")
+            raise PointFileError(f"{path}: header {table.header} has no x, y, z; pass columns=...")
         names = [n if n in _FIELDS else "_" for n in names]
     elif columns is None:
-        names = _default_columns(path, table.shape[1], "the table")
+        names = _default_columns(path, values.shape[1], "the table")
     else:
-        names = _parse_columns(path, columns, table.shape[1])
-    return _from_table(path, table, names)
-
-
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
+        names = _parse_columns(path, columns, values.shape[1])
+    return _from_table(path, values, names)
 
 
 def _read_npy(path: Path, columns: str | Sequence[str] | None) -> dict[str, np.ndarray]:

@@ -43,6 +43,7 @@ def read_points(
     feat_keys: Sequence[str] = (),
     only: Sequence[str] | None = None,
     nonfinite: str = "error",
+    max_bad_lines: int = 0,
 ) -> Sample:
     """Read one file into a sample dict; ``require`` names features that must be present
     (checked before the points are read where the format allows it; ``feat_keys``, the model's
@@ -53,7 +54,8 @@ def read_points(
     just these keys (besides ``coord`` and ``origin``), which saves memory on big files.
     ``nonfinite``: ``"error"`` refuses points with NaN/Inf coordinates, ``"drop"`` leaves them
     out with a warning that counts them and adds ``kept (N,) bool`` (the file's rows that
-    were kept) when any were."""
+    were kept) when any were. ``max_bad_lines``: text files only, lines that are not a row of
+    numbers skipped with a warning naming each (0: the first one raises, naming its line)."""
     if nonfinite not in ("error", "drop"):
         raise ValueError(f"nonfinite must be 'error' or 'drop', got {nonfinite!r}")
     path = Path(path)
@@ -75,8 +77,9 @@ def read_points(
             path, require=require, chunk_size=chunk_size, las=las, feat_keys=feat_keys, only=only
         )
     else:
+        text = {"max_bad_lines": int(max_bad_lines)} if fmt == "text" else {}
         try:
-            sample = PARSERS[fmt](path, columns)
+            sample = PARSERS[fmt](path, columns, **text)
         except PointFileError:
             raise
         except Exception as err:  # parsers raise their own types: name the file once
@@ -84,7 +87,7 @@ def read_points(
                 f"cannot read {path} as {fmt}: {err}; the file is damaged or truncated "
                 f"(re-export it), or not {fmt} (pass format=... if the extension is wrong)"
             ) from err
-        sample = _finish(path, sample, nonfinite=nonfinite)
+        sample = finish_sample(path, sample, nonfinite=nonfinite)
     check_features(path, sample, require, feat_keys=feat_keys)
     if only is not None:
         sample = {k: v for k, v in sample.items() if k in {"coord", "origin", "kept", *only}}
@@ -123,8 +126,9 @@ _HOW = {
 }
 
 
-def _finish(path: Path, raw: dict[str, np.ndarray], *, nonfinite: str = "error") -> Sample:
-    """Typed, validated sample from float64 columns; coordinates re-centred if needed.
+def finish_sample(path: Path, raw: dict[str, np.ndarray], *, nonfinite: str = "error") -> Sample:
+    """Typed, validated sample from a parser's raw columns (``path`` names the source in
+    errors); coordinates re-centred if needed, colours scaled to [0, 1] by ``_unit_color``.
     ``nonfinite="drop"`` leaves out points with NaN/Inf coordinates (a warning counts them)
     and records which were kept in ``kept (N,) bool``; ``"error"`` refuses them."""
     if "coord" not in raw:

@@ -13,6 +13,7 @@ import pointseg  # noqa: F401  (registers the config resolvers, pointseg.utils)
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+
 @pytest.fixture(autouse=True)
 def _fixed_threads() -> Iterator[None]:
     """An entry point run in-process (``threads: null``) installs pointseg's thread governor;

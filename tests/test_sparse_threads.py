@@ -131,9 +131,7 @@ def test_governor_drops_threads_next_to_real_busy_processes() -> None:
     if len(cpus) > 8:
         pytest.skip("more CPUs than this test wants to keep busy")
     before = torch.get_num_threads()
-    spin = [
-        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in cpus
-    ]
+    spin = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in cpus]
     try:
         gov = threads.ThreadGovernor(len(cpus), interval=0.5)
         time.sleep(1.0)

@@ -138,7 +138,9 @@ class MagnitudePruning(PruneMethod):
         if not 0.0 <= float(self.ramp) <= 1.0:
             raise ValueError("prune.ramp (fraction of fine-tuning steps) must be in [0, 1]")
         if not isinstance(self.update_every, int) or self.update_every < 1:
-            raise ValueError(f"prune.update_every must be an integer >= 1, got {self.update_every!r}")
+            raise ValueError(
+                f"prune.update_every must be an integer >= 1, got {self.update_every!r}"
+            )
 
     def prune_and_finetune(self, ctx: PruneContext, one_shot: Any) -> Any:
         module = fresh_copy(ctx.dense, ctx.stored)

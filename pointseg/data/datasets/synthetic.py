@@ -26,8 +26,19 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pointseg.data.datasets import _shapes as S
 from pointseg.data.datasets.generated import SPLITS, GeneratedScenes, scene_seed
+from pointseg.data.datasets.synth import clutter, furniture
+from pointseg.data.datasets.synth.floorplan import FloorPlan
+from pointseg.data.datasets.synth.occlusion import (
+    BIN,
+    KeyIndex,
+    azimuth_key,
+    in_solids,
+    in_spheres,
+    shadowed,
+)
+from pointseg.data.datasets.synth.scene import Scene
+from pointseg.data.datasets.synth.shapes import Model, Paint, rotate_xy, tiles
 
 __all__ = ["CLASS_NAMES", "SPLITS", "SyntheticRooms", "generate_room", "scene_seed"]
 
@@ -73,7 +84,7 @@ _PALETTES: dict[int, dict[str, tuple[str, ...]]] = {
 }  # fmt: skip
 
 
-def _painter(rng: np.random.Generator, label: int) -> S.Paint:
+def _painter(rng: np.random.Generator, label: int) -> Paint:
     """Colour source for one instance: each part role draws a material once, then varies it
     (brightness, tint) so two wooden tables are never the same brown."""
     table, chosen = _PALETTES[label], {}
@@ -142,7 +153,7 @@ class _Layout:
 
     def __init__(self, rng: np.random.Generator, room: _Room) -> None:
         self.rng, self.room = rng, room
-        self.scene, self.plan = S.Scene(), S.FloorPlan(room.width, room.depth)
+        self.scene, self.plan = Scene(), FloorPlan(room.width, room.depth)
         self.next_id = 0
         self.openings: list[tuple[int, np.ndarray, np.ndarray, float, float, float, float]] = []
         self.chairs_left = 8
@@ -164,7 +175,7 @@ class _Layout:
             if label == CEILING:  # swap edges so the normal points down into the room
                 q = q[:, [0, 1, 2, 6, 7, 8, 3, 4, 5]]
             rgb, inst = _painter(rng, label)("*"), self.new_id()
-            self.scene.add_quads(_with_rgb(S.tiles(q, TILE), rgb), label, inst)
+            self.scene.add_quads(_with_rgb(tiles(q, TILE), rgb), label, inst)
         poly = r.polygon()
         for k, p0 in enumerate(poly):
             r.walls.append((self.new_id(), p0, poly[(k + 1) % len(poly)]))
@@ -189,7 +200,7 @@ class _Layout:
             q = [(*(p0 + dirn * ua), za, 0, 0, zb - za, *(dirn * (ub - ua)), 0)
                  for ua, ub, za, zb in pieces if ub > ua and zb > za]  # fmt: skip
             rgb = paint("accent" if k == accent else "*")
-            self.scene.add_quads(_with_rgb(S.tiles(np.array(q), TILE), rgb), WALL, inst)
+            self.scene.add_quads(_with_rgb(tiles(np.array(q), TILE), rgb), WALL, inst)
 
     def wall_spot(self, width: float) -> _WallSpot | None:
         """Random wall (weighted by length) and a position along it where ``width`` fits."""
@@ -223,7 +234,7 @@ class _Layout:
 
     def place(
         self,
-        m: S.Model,
+        m: Model,
         label: int,
         *,
         wall: bool,
@@ -269,15 +280,17 @@ class _Layout:
         chairs, cabinets and a few loose chairs. Counts are drawn so that most rooms hold
         every class; a piece that does not fit is redrawn (other size) twice, then dropped."""
         rng = self.rng
-        plan = [(BED, S.bed, 0.9, 0.3)] * int(rng.choice([0, 1, 1, 1, 1, 1, 1, 1, 2, 2]))
-        plan += [(SOFA, S.sofa, 0.6, 0.3)] * int(rng.choice([0, 1, 1, 1, 1, 1, 1, 1, 2, 2]))
+        plan = [(BED, furniture.bed, 0.9, 0.3)] * int(rng.choice([0, 1, 1, 1, 1, 1, 1, 1, 2, 2]))
+        plan += [(SOFA, furniture.sofa, 0.6, 0.3)] * int(rng.choice([0, 1, 1, 1, 1, 1, 1, 1, 2, 2]))
         plan += [(TABLE, None, 0.3, 0.5)] * int(rng.integers(1, 4))
-        plan += [(CABINET, S.cabinet, 0.8, 0.1)] * int(rng.choice([0, 1, 1, 1, 2, 2, 3, 3, 4, 4]))
+        plan += [(CABINET, furniture.cabinet, 0.8, 0.1)] * int(
+            rng.choice([0, 1, 1, 1, 2, 2, 3, 3, 4, 4])
+        )
         for label, build, p_wall, grow in plan:
             for _ in range(3):
                 wall = bool(rng.random() < p_wall)
                 if build is None:
-                    model = S.table(rng, _painter(rng, label))
+                    model = furniture.table(rng, _painter(rng, label))
                 else:
                     model = build(rng, _painter(rng, label), against_wall=wall)
                 placed = self.place(model, label, wall=wall, grow=grow, tries=15)
@@ -286,15 +299,15 @@ class _Layout:
                         self.chairs_around(model, *placed)
                     break
         for _ in range(int(rng.integers(0, 3))):
-            chair = S.chair(rng, _painter(rng, CHAIR))
+            chair = furniture.chair(rng, _painter(rng, CHAIR))
             if self.chairs_left > 0 and self.place(chair, CHAIR, wall=False):
                 self.chairs_left -= 1
 
-    def chairs_around(self, t: S.Model, tid: int, txy: np.ndarray, tyaw: float) -> None:
+    def chairs_around(self, t: Model, tid: int, txy: np.ndarray, tyaw: float) -> None:
         """Matching chairs around a placed table, facing it and pushed in by up to 20 cm, so
         chairs and table touch (the seat may be under the top)."""
         rng = self.rng
-        c = S.chair(rng, _painter(rng, CHAIR))  # one model: chairs around a table match
+        c = furniture.chair(rng, _painter(rng, CHAIR))  # one model: chairs around a table match
         (hx, hy), ch = t.half, c.half[1]
         slots = []
         for nx, ny, reach, side in (
@@ -314,7 +327,7 @@ class _Layout:
             nx, ny, reach, along = slots[i]
             dist = reach + ch - rng.uniform(-0.1, 0.2)
             local = np.array([[nx * dist - ny * along, ny * dist + nx * along]])
-            xy = txy + S.rotate_xy(local, tyaw)[0]
+            xy = txy + rotate_xy(local, tyaw)[0]
             yaw = tyaw + math.atan2(nx, -ny) + rng.normal(0, 0.12)
             if self.plan.free(self.plan.cells(xy, c.half, yaw), allow=(tid,)):
                 inst = self.new_id()
@@ -332,7 +345,7 @@ class _Layout:
         for i in range(n):
             paint = _painter(rng, CLUTTER)
             if i < n_wall:
-                m = S.clutter(rng, paint, "wall")
+                m = clutter.item(rng, paint, "wall")
                 spot = self.wall_spot(2 * m.half[0])
                 if spot is None or any(
                     o[0] == spot.wall and o[3] < spot.u + m.half[0] and spot.u - m.half[0] < o[4]
@@ -344,7 +357,7 @@ class _Layout:
                 inst = self.new_id()
                 self.scene.add(m, label=CLUTTER, instance=inst, xy=xy, yaw=spot.yaw, z=z)
             elif i < n_wall + n_ceil:
-                m = S.clutter(rng, paint, "ceiling")
+                m = clutter.item(rng, paint, "ceiling")
                 x, y = rng.uniform(0.5, r.width - 0.5), rng.uniform(0.5, r.depth - 0.5)
                 if r.contains(x, y):
                     yaw = float(rng.integers(2)) * np.pi / 2
@@ -356,17 +369,17 @@ class _Layout:
                 k = int(rng.choice(len(tops), p=area / area.sum()))
                 self.on_support(k, paint, on_top.setdefault(k, []))
             else:
-                m = S.clutter(rng, paint, "floor")
+                m = clutter.item(rng, paint, "floor")
                 self.place(m, CLUTTER, wall=rng.random() < 0.3, grow=0.02, tries=10)
 
     def on_support(
-        self, k: int, paint: S.Paint, taken: list[tuple[float, float, float, float]]
+        self, k: int, paint: Paint, taken: list[tuple[float, float, float, float]]
     ) -> None:
         """Put one item on support surface ``k`` (table top, cabinet top or shelf board)."""
         rng = self.rng
         z, cx, cy, hx, hy, tyaw, clear, _ = self.scene.tops[k]
         shelf = clear < 0.45
-        m = S.clutter(rng, paint, "shelf" if shelf else "table", clearance=clear)
+        m = clutter.item(rng, paint, "shelf" if shelf else "table", clearance=clear)
         if m.height > clear or z + m.height > self.room.height - 0.05:
             return
         ryaw = 0.0 if shelf else rng.integers(4) * np.pi / 2 + rng.normal(0, 0.3)
@@ -378,7 +391,7 @@ class _Layout:
         if any(abs(u - u2) < ax + a2 and abs(v - v2) < ay + b2 for u2, v2, a2, b2 in taken):
             return
         taken.append((u, v, ax, ay))
-        xy = np.array([cx, cy]) + S.rotate_xy(np.array([[u, v]]), tyaw)[0]
+        xy = np.array([cx, cy]) + rotate_xy(np.array([[u, v]]), tyaw)[0]
         self.scene.add(m, label=CLUTTER, instance=self.new_id(), xy=xy, yaw=tyaw + ryaw, z=z)
 
 
@@ -462,16 +475,16 @@ def generate_room(
     eye = np.append(lay.plan.open_spot(target, 0.25), rng.uniform(1.2, 1.8))  # the scanner
     pts = lay.scene.sample(rng, density, eye, _falloff(rng, eye) if sensor else None)
     coord, meta, prim = pts.coord, pts.meta, pts.prim
-    xs = S.KeyIndex(np.floor(coord[:, 0] / S.BIN))
+    xs = KeyIndex(np.floor(coord[:, 0] / BIN))
     solids = lay.scene.solids
-    drop = S.in_solids(coord, xs, lambda rows: meta[prim[rows], 4], solids, margin=0.02)
-    az = S.KeyIndex(S.azimuth_key(coord, eye))
+    drop = in_solids(coord, xs, lambda rows: meta[prim[rows], 4], solids, margin=0.02)
+    az = KeyIndex(azimuth_key(coord, eye))
     if sensor:
         k = int(rng.integers(3, 11))  # occlusion holes centred on surfaces
         holes = coord[rng.integers(len(coord), size=k)]
-        drop |= S.in_spheres(coord, xs, holes, rng.uniform(0.08, 0.4, k))
+        drop |= in_spheres(coord, xs, holes, rng.uniform(0.08, 0.4, k))
         for b in sorted(solids, key=lambda b: -b[3] * b[4] * b[5])[:5]:  # biggest cast shadows
-            hit = S.shadowed(coord, az, eye, b)
+            hit = shadowed(coord, az, eye, b)
             drop[hit[rng.random(len(hit)) < 0.7]] = True  # partial: other scan positions
     idx = az.order[~drop[az.order]]  # in the scanner's sweep order, not grouped by class
     c, m = coord[idx], meta[prim[idx]]

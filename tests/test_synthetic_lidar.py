@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from pointseg.data.datasets._street import Prim, build_street
+from pointseg.data.datasets.synth.street import build_street
+from pointseg.data.datasets.synth.street_parts import Prim
 from pointseg.data.datasets.synthetic_lidar import (
     _KERNELS,
     CLASS_NAMES,

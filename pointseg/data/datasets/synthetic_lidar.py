@@ -1,9 +1,9 @@
 """Synthetic outdoor LiDAR scans: a spinning multi-beam sensor ray-cast through street scenes.
 
-A scene (:mod:`pointseg.data.datasets._street`) is a straight street, sometimes with a side
-street, made of analytic primitives: road with lane markings, sidewalk blocks raised by a curb,
-grass strips, building facades with windows, trees and bushes, fences and hedges, parked and
-moving cars, street lights, signs and traffic lights, and pedestrians. A sensor like a
+A scene (:mod:`pointseg.data.datasets.synth.street`) is a straight street, sometimes with a
+side street, made of analytic primitives: road with lane markings, sidewalk blocks raised by a
+curb, grass strips, building facades with windows, trees and bushes, fences and hedges, parked
+and moving cars, street lights, signs and traffic lights, and pedestrians. A sensor like a
 Velodyne HDL-32E/64E (beam elevations, ``azimuth_steps`` firings per revolution) sits above a
 lane; every ray keeps its nearest hit, so occlusion, ring patterns and the fall of density with
 range all follow from the geometry. Foliage and chain-link fences let some rays through, glass
@@ -23,8 +23,9 @@ import operator
 
 import numpy as np
 
-from pointseg.data.datasets._street import CLASS_NAMES, Prim, build_street
 from pointseg.data.datasets.generated import SPLITS, GeneratedScenes, scene_seed
+from pointseg.data.datasets.synth.street import build_street
+from pointseg.data.datasets.synth.street_parts import CLASS_NAMES, Prim
 
 __all__ = ["CLASS_NAMES", "SPLITS", "SyntheticLidar", "beam_elevations", "generate_scan"]
 __all__ += ["scene_seed"]

@@ -40,6 +40,10 @@ from pointseg.sparse.rulebook import Rulebook, offset_counts
 # voxels a training step of spunet_small took 5.5 s instead of 7.0 s).
 BLOCK_BYTES = 1 << 22
 
+# torch warns that sparse CSR support is in beta on the first CSR tensor; the product used here
+# (CSR @ dense into a dense slice) is tested bit for bit against spconv (tests/test_rulebook.py)
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+
 
 def _block_rows(c_in: int, c_out: int) -> int:
     """Pairs per block: ``BLOCK_BYTES`` of float32 input and output rows (at least 1024)."""
@@ -84,6 +88,22 @@ def _row_pointers(rb: Rulebook, k: int, n: int, side: int) -> Tensor:
     return got
 
 
+_ONES: dict[torch.dtype, Tensor] = {}
+_COLS = torch.arange(0, dtype=torch.int32)
+
+
+def _ones_and_cols(n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``n`` ones of ``dtype`` and ``0 .. n - 1`` (int32): views of buffers kept between calls,
+    so a block's matrix allocates only its row pointers."""
+    global _COLS
+    ones = _ONES.get(dtype)
+    if ones is None or ones.numel() < n:
+        ones = _ONES[dtype] = torch.ones(max(n, 1 << 16), dtype=dtype)
+    if _COLS.numel() < n:
+        _COLS = torch.arange(max(n, 1 << 16), dtype=torch.int32)
+    return ones[:n], _COLS[:n]
+
+
 def _scatter_matrix(rb: Rulebook, k: int, n: int, side: int, lo: int, hi: int, dtype):
     """(first target row, 0/1 CSR matrix) adding block ``lo:hi`` of offset ``k``'s products into
     the target rows it touches."""
@@ -92,16 +112,12 @@ def _scatter_matrix(rb: Rulebook, k: int, n: int, side: int, lo: int, hi: int, d
     if got is None:
         target, crow = _offset_order(rb, k, n, side)[1], _row_pointers(rb, k, n, side)
         r0, r1 = int(target[lo]), int(target[hi - 1]) + 1
-        cols = torch.arange(hi - lo, dtype=torch.int32)
-        with warnings.catch_warnings():  # "sparse CSR support is in beta": known, once per run
-            warnings.simplefilter("ignore", UserWarning)
-            matrix = torch.sparse_csr_tensor(
-                crow[r0 : r1 + 1] - lo,
-                cols,
-                torch.ones(hi - lo, dtype=dtype),
-                size=(r1 - r0, hi - lo),
-                check_invariants=False,
-            )
+        pointers = crow[r0 : r1 + 1]
+        ones, cols = _ones_and_cols(hi - lo, dtype)
+        matrix = torch.sparse_csr_tensor(
+            pointers - lo if lo else pointers, cols, ones, size=(r1 - r0, hi - lo),
+            check_invariants=False,
+        )  # fmt: skip
         got = rb.cache[key] = (r0, matrix)
     return got
 

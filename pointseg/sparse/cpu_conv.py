@@ -42,7 +42,9 @@ BLOCK_BYTES = 1 << 22
 
 # torch warns that sparse CSR support is in beta on the first CSR tensor; the product used here
 # (CSR @ dense into a dense slice) is tested bit for bit against spconv (tests/test_rulebook.py)
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+warnings.filterwarnings(
+    "ignore", message="Sparse CSR tensor support is in beta", category=UserWarning
+)
 
 
 def _block_rows(c_in: int, c_out: int) -> int:

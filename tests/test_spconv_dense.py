@@ -52,6 +52,18 @@ def grads(out: torch.Tensor, upstream: torch.Tensor, *leaves: torch.Tensor) -> t
     return torch.autograd.grad((out * upstream).sum(), leaves)
 
 
+def assert_matches(out: torch.Tensor, ref: torch.Tensor, *leaves: torch.Tensor) -> None:
+    """``out`` equals the dense reference ``ref``, and so do the gradients of both with
+    respect to ``leaves`` for one random upstream gradient (each of them non-zero)."""
+    torch.testing.assert_close(out, ref, **TOL)
+    upstream = torch.randn_like(ref)
+    got = grads(out, upstream, *leaves)
+    want = grads(ref, upstream, *leaves)
+    for g, w in zip(got, want, strict=True):
+        assert g.abs().sum() > 0
+        torch.testing.assert_close(g, w, **TOL)
+
+
 @pytest.mark.parametrize("kernel", [3, 5])
 def test_subm_conv_matches_dense_conv3d(kernel: int) -> None:
     torch.manual_seed(0)
@@ -62,14 +74,7 @@ def test_subm_conv_matches_dense_conv3d(kernel: int) -> None:
     assert torch.equal(out.indices, ind)  # submanifold: same sites, same row order
     weight = conv.weight.permute(0, 4, 1, 2, 3)  # (out, in, kD, kH, kW)
     ref = at_sites(F.conv3d(to_dense(feat, ind, S), weight, padding=kernel // 2), ind)
-    torch.testing.assert_close(out.features, ref, **TOL)
-
-    upstream = torch.randn_like(ref)
-    got = grads(out.features, upstream, feat, conv.weight)
-    want = grads(ref, upstream, feat, conv.weight)
-    for g, w in zip(got, want, strict=True):
-        assert g.abs().sum() > 0
-        torch.testing.assert_close(g, w, **TOL)
+    assert_matches(out.features, ref, feat, conv.weight)
 
 
 def test_strided_conv_matches_dense_conv3d() -> None:
@@ -85,14 +90,7 @@ def test_strided_conv_matches_dense_conv3d() -> None:
 
     weight = conv.weight.permute(0, 4, 1, 2, 3)
     ref = at_sites(F.conv3d(to_dense(feat, ind, S), weight, stride=2), out.indices)
-    torch.testing.assert_close(out.features, ref, **TOL)
-
-    upstream = torch.randn_like(ref)
-    got = grads(out.features, upstream, feat, conv.weight)
-    want = grads(ref, upstream, feat, conv.weight)
-    for g, w in zip(got, want, strict=True):
-        assert g.abs().sum() > 0
-        torch.testing.assert_close(g, w, **TOL)
+    assert_matches(out.features, ref, feat, conv.weight)
 
 
 def test_inverse_conv_matches_dense_conv_transpose3d() -> None:
@@ -108,11 +106,4 @@ def test_inverse_conv_matches_dense_conv_transpose3d() -> None:
     weight = conv.weight.permute(4, 0, 1, 2, 3)  # (in, out, kD, kH, kW), no kernel flip
     dense = F.conv_transpose3d(to_dense(feat, coarse.indices, S // 2), weight, stride=2)
     ref = at_sites(dense, x.indices)
-    torch.testing.assert_close(out.features, ref, **TOL)
-
-    upstream = torch.randn_like(ref)
-    got = grads(out.features, upstream, feat, conv.weight)
-    want = grads(ref, upstream, feat, conv.weight)
-    for g, w in zip(got, want, strict=True):
-        assert g.abs().sum() > 0
-        torch.testing.assert_close(g, w, **TOL)
+    assert_matches(out.features, ref, feat, conv.weight)

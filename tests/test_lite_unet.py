@@ -2,13 +2,12 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from pointseg.models.lite_unet import GroupedPointwise, LiteUNet, channel_shuffle
 from pointseg.models.sparse_unet import spunet_small
 from pointseg.prune.measure import count_macs
 from pointseg.sparse import SubMConv3d, sparse_tensor
-from tests.test_sparse_unet import scene
+from tests.test_sparse_unet import overfit_losses, scene
 
 TINY = {"stem_channels": 8, "channels": (8, 16, 16, 8), "layers": (1, 1, 1, 1)}
 
@@ -69,17 +68,7 @@ def test_count_macs_of_a_depthwise_conv() -> None:
 
 def test_overfits_a_tiny_scene() -> None:
     torch.manual_seed(0)
-    feat, ind = scene(8)
-    labels = torch.randint(0, 3, (len(ind),), generator=torch.Generator().manual_seed(1))
-    model = LiteUNet(4, 3, **TINY).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(40):
-        loss = F.cross_entropy(model(feat, ind, 1), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = overfit_losses(LiteUNet(4, 3, **TINY), seed=8)
     assert losses[-1] < 0.4 * losses[0]
 
 

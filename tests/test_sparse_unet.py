@@ -92,19 +92,26 @@ def test_preset_parameter_counts() -> None:
     assert custom.num_parameters() == expected_parameters(3, 4, 16, (16, 32, 24, 16), (0, 2, 1, 3))
 
 
-def test_overfits_a_tiny_scene() -> None:
-    torch.manual_seed(0)
-    feat, ind = scene(7)
+def overfit_losses(model: torch.nn.Module, seed: int, steps: int = 40) -> list[float]:
+    """Training losses of ``model`` (4 input channels, 3 classes) on ``scene(seed)`` with
+    random labels, Adam at lr 1e-2."""
+    feat, ind = scene(seed)
     labels = torch.randint(0, 3, (len(ind),), generator=torch.Generator().manual_seed(1))
-    model = SparseUNet(4, 3, **TINY).train()
+    model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
-    for _ in range(40):
+    for _ in range(steps):
         loss = F.cross_entropy(model(feat, ind, 1), labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
+    return losses
+
+
+def test_overfits_a_tiny_scene() -> None:
+    torch.manual_seed(0)
+    losses = overfit_losses(SparseUNet(4, 3, **TINY), seed=7)
     assert losses[-1] < 0.25 * losses[0]
 
 

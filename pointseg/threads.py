@@ -61,12 +61,17 @@ def _cgroup_quota(root: Path) -> float | None:
         return None
 
 
+def affinity() -> set[int]:
+    """The CPUs this process may run on (its affinity mask; all of them where there is none)."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return set(range(os.cpu_count() or 1))
+
+
 def available_cpus(*, cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     """CPUs this process may use: its affinity, capped by its cgroup quota (rounded up)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        cpus = os.cpu_count() or 1
+    cpus = len(affinity())
     quota = _cgroup_quota(cgroup_root)
     if quota is not None:
         cpus = min(cpus, max(1, math.ceil(quota)))
@@ -108,11 +113,7 @@ class ThreadGovernor:
         clock: Callable[[], float] = time.monotonic,
         own: Callable[[], float] = time.process_time,
     ) -> None:
-        if cpus is None:
-            try:
-                cpus = set(os.sched_getaffinity(0))
-            except (AttributeError, OSError):
-                cpus = set(range(os.cpu_count() or 1))
+        cpus = affinity() if cpus is None else cpus
         self.limit, self.interval, self.stat, self.cpus = limit, interval, stat, cpus
         self.clock, self.own = clock, own
         self.threads = limit

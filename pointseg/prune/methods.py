@@ -42,6 +42,12 @@ class PruneContext:
     recalibrate: Callable[[Any, str], None]  # fresh BN statistics, then a trajectory point
     trajectory: list[dict[str, Any]]
 
+    def record(self, stage: str, module: Any, sparsity: float) -> None:
+        """A point of the trajectory: ``module``'s val mIoU after ``stage``."""
+        self.trajectory.append(
+            {"stage": stage, "sparsity": sparsity, "miou": self.evaluate(module)}
+        )
+
 
 @dataclass
 class PruneMethod:
@@ -104,8 +110,7 @@ class PruneMethod:
         """``dense`` pruned to ``amount`` with no training: global magnitude masks; the net
         config is unchanged (None)."""
         module = fresh_copy(dense, stored)
-        weights = unstructured.prunable_weights(module.net)
-        unstructured.apply_masks(module.net, unstructured.global_magnitude_masks(weights, amount))
+        unstructured.magnitude_prune(module.net, amount)
         return module, None
 
     def prune_and_finetune(self, ctx: PruneContext, one_shot: Any) -> Any:
@@ -174,20 +179,9 @@ class L1Pruning(PruneMethod):
         module = fresh_copy(ctx.dense, ctx.stored)
         cb = unstructured.L1Penalty(l1=float(self.l1), group=float(self.group_lasso))
         ctx.fit(module, [cb], epochs=self.epochs, stage="l1")
-        ctx.trajectory.append(
-            {
-                "stage": "after L1 fine-tuning",
-                "sparsity": unstructured.weight_sparsity(module.net).fraction,
-                "miou": ctx.evaluate(module),
-            }
-        )
-        masks = unstructured.global_magnitude_masks(
-            unstructured.prunable_weights(module.net), self.amount
-        )
-        unstructured.apply_masks(module.net, masks)
-        ctx.trajectory.append(
-            {"stage": "thresholded", "sparsity": self.amount, "miou": ctx.evaluate(module)}
-        )
+        ctx.record("after L1 fine-tuning", module, self.sparsity(module, self.amount))
+        unstructured.magnitude_prune(module.net, self.amount)
+        ctx.record("thresholded", module, self.amount)
         hold = unstructured.MaskedFineTuning(final=self.amount, ramp_steps=0)
         ctx.fit(module, [hold], epochs=self.recover_epochs, stage="recover")
         return module

@@ -94,13 +94,7 @@ def prune(cfg: DictConfig) -> dict[str, Any]:
         if not cfg.get("recalibrate_bn", True):
             return
         recalibrate_bn(module, datamodule.train_dataloader(), progress=progress)
-        trajectory.append(
-            {
-                "stage": stage,
-                "sparsity": method.sparsity(module, amount),
-                "miou": evaluate(module),
-            }
-        )
+        ctx.record(stage, module, method.sparsity(module, amount))
 
     trajectory: list[dict[str, Any]] = []
     ctx = PruneContext(
@@ -108,13 +102,7 @@ def prune(cfg: DictConfig) -> dict[str, Any]:
         fit=fit, evaluate=evaluate, recalibrate=recalibrate, trajectory=trajectory,
     )  # fmt: skip
     module = method.prune_and_finetune(ctx, before_module)
-    trajectory.append(
-        {
-            "stage": "fine-tuned",
-            "sparsity": method.sparsity(module, amount),
-            "miou": evaluate(module),
-        }
-    )
+    ctx.record("fine-tuned", module, method.sparsity(module, amount))
     recalibrate(module, "fine-tuned, BN recalibrated")
     after_miou = trajectory[-1]["miou"]
 

@@ -76,6 +76,12 @@ def apply_masks(module: nn.Module, masks: Mapping[str, Tensor]) -> None:
         params[name].masked_fill_(~mask.to(params[name].device), 0.0)
 
 
+def magnitude_prune(module: nn.Module, amount: float) -> None:
+    """Zero the ``amount`` smallest-magnitude prunable weights of ``module``, over all layers
+    together (global magnitude masks, applied once)."""
+    apply_masks(module, global_magnitude_masks(prunable_weights(module), amount))
+
+
 @dataclass(frozen=True)
 class Sparsity:
     zeros: int

@@ -23,12 +23,15 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
+from typing import Any
 
 # libgomp (torch's OpenMP on Linux): spin ~30k iterations (tens of microseconds) at a barrier,
 # then sleep; Intel's runtime: 1 ms. See the module doc and docs/benchmarks.md.
@@ -176,3 +179,55 @@ def set_threads(threads: int | None = None) -> int:
         torch.set_num_threads(n)
     _governor = None if threads else ThreadGovernor(n)
     return n
+
+
+class single_openmp_thread:  # noqa: N801 (used as a ``with`` statement, like torch.no_grad)
+    """Runs its block with one OpenMP thread in the calling thread only, for a kernel that is
+    only correct on one (spconv's CPU ``scatter_add`` shares its row pointers between threads).
+
+    OpenMP keeps the thread count per thread (the ``nthreads-var`` ICV), so this changes
+    nothing in other Python threads, nor torch's own count or MKL's, unlike
+    ``torch.set_num_threads``. Every OpenMP runtime in the process is set: spconv's kernels
+    bind to whichever one the dynamic linker loaded first (torch's libgomp, or spconv's bundled
+    copy); on exit each is set back to torch's thread count. Where no runtime can be found
+    (not Linux) it falls back to ``torch.set_num_threads``.
+    """
+
+    __slots__ = ("_saved",)
+    _setters: list[Callable[[int], Any]] | None = None
+
+    @classmethod
+    def setters(cls) -> list[Callable[[int], Any]]:
+        """``omp_set_num_threads`` of each loaded OpenMP runtime (libgomp, libiomp5, libomp)."""
+        if cls._setters is None:
+            found = []
+            try:
+                maps = Path("/proc/self/maps").read_text()
+            except OSError:
+                maps = ""
+            for path in sorted(set(re.findall(r"(/\S*/lib(?:g|i)?omp[^/\s]*\.so[^/\s]*)", maps))):
+                try:
+                    found.append(ctypes.CDLL(path).omp_set_num_threads)
+                except (OSError, AttributeError):
+                    continue
+            cls._setters = found
+        return cls._setters
+
+    def __enter__(self) -> None:
+        import torch
+
+        self._saved = torch.get_num_threads()
+        setters = self.setters()
+        if not setters:
+            torch.set_num_threads(1)
+        for set_count in setters:
+            set_count(1)
+
+    def __exit__(self, *exc: object) -> None:
+        setters = self.setters()
+        if not setters:
+            import torch
+
+            torch.set_num_threads(self._saved)
+        for set_count in setters:
+            set_count(self._saved)

@@ -24,13 +24,15 @@ from tests.test_spconv_dense import (
 CASES = [(6, 6, 6), (4, 6, 2), (3, 6, 3), (4, 5, 1)]
 
 
-@pytest.fixture(params=["pointseg", "spconv"])
+@pytest.fixture(params=["pointseg", "pointseg-1-thread", "spconv"])
 def backend(request):
     before = torch.get_num_threads()
-    # >= 2 threads, so a scatter race would show; spconv's own (groups=1) kernel races, so 1
+    # pointseg on >= 2 threads, so a scatter race would show, and on 1 (other code paths);
+    # spconv's own (groups=1) kernel races, so 1
     torch.set_num_threads(max(2, before) if request.param == "pointseg" else 1)
-    with use_backend(request.param):
-        yield request.param
+    name = request.param.split("-")[0]
+    with use_backend(name):
+        yield name
     torch.set_num_threads(before)
 
 

@@ -116,8 +116,8 @@ def test_conv_loop_equals_spconv_bit_for_bit(
     subm: bool, block_bytes: int, threads: int, monkeypatch
 ) -> None:
     """Outputs and input gradients bit for bit, in one block or many (4096 bytes: 1024-row
-    blocks), on one thread (spconv's scatter kernel) and on two (the CSR product); weight
-    gradients to rounding."""
+    blocks), on one thread and on two (spconv's scatter kernel, which races on two threads
+    unless ``single_openmp_thread`` holds it to one); weight gradients to rounding."""
     monkeypatch.setattr(cpu_conv, "BLOCK_BYTES", block_bytes)
     before = torch.get_num_threads()
     ind = scene(2, size=32)

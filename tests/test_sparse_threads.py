@@ -142,3 +142,50 @@ def test_governor_drops_threads_next_to_real_busy_processes() -> None:
             p.kill()
             p.wait()
         torch.set_num_threads(before)
+
+
+def test_single_openmp_thread_is_local_to_the_calling_thread() -> None:
+    """Inside it, this thread's OpenMP regions run on one thread (spconv's racy scatter is then
+    exact); another Python thread keeps its count, and the count comes back on exit."""
+    import ctypes
+    import threading
+
+    from spconv.core_cc.csrc.sparse.all import SpconvOps
+    from spconv.pytorch.cppcore import torch_tensor_to_tv as tv
+
+    setters = threads.single_openmp_thread.setters()
+    assert setters, "torch's OpenMP runtime was not found in /proc/self/maps"
+    omp = ctypes.CDLL(None)  # the runtime the dynamic linker binds first (spconv's kernels)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        target = torch.randperm(60_000, generator=gen)[:50_000].int()
+        rows = torch.randn(50_000, 16, generator=gen)
+        want = torch.zeros(60_000, 16)
+        want[target.long()] = rows
+        seen: list[int] = []
+        inside = threading.Event()
+        done = threading.Event()
+
+        def other() -> None:
+            omp.omp_set_num_threads(2)
+            inside.wait()
+            seen.append(omp.omp_get_max_threads())
+            done.set()
+
+        worker = threading.Thread(target=other)
+        worker.start()
+        with threads.single_openmp_thread():
+            assert omp.omp_get_max_threads() == 1
+            inside.set()
+            done.wait(10)
+            for _ in range(5):
+                out = torch.zeros(60_000, 16)
+                SpconvOps.scatter_add_cpu(tv(out), tv(rows), tv(target))
+                assert torch.equal(out, want)
+        worker.join()
+        assert seen == [2]  # the other thread was never limited
+        assert omp.omp_get_max_threads() == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -40,7 +40,7 @@ AnyRulebook = Rulebook | IndiceData | ImplicitGemmIndiceData
 
 
 class _CPUConv(torch.autograd.Function):
-    """``cpu_conv`` with autograd; the rulebook (and its cached orders) is shared with backward."""
+    """``cpu_conv`` with autograd; the rulebook is shared with backward."""
 
     @staticmethod
     def forward(ctx, features: Tensor, weight: Tensor, rb: Rulebook, inverse: bool) -> Tensor:

@@ -10,7 +10,7 @@ Two kernels, both on the conv's submanifold rulebook (the one its ``indice_key``
 level's other convs):
 
 - ``Rulebook`` (pointseg's CPU backend): the loop of ``cpu_conv`` over kernel offsets, with its
-  cached per-offset pair orders and CSR scatter matrices: gather the offset's input rows, a
+  exact scatter-add: gather the offset's input rows, a
   per-channel product (depthwise) or one batched matmul over the groups, add into the output
   rows. The input gradient is the same loop run backwards (``side=0``) with the per-group
   weights transposed; the weight gradient gathers inputs and output gradients per offset.
@@ -40,7 +40,7 @@ from spconv.pytorch.core import ImplicitGemmIndiceData
 from torch import Tensor
 
 from pointseg.sparse import gather_conv
-from pointseg.sparse.cpu_conv import _block_rows, _blocks, _offset_order, _scatter_add
+from pointseg.sparse.cpu_conv import _block_rows, _blocks, _offset_pairs, _scatter_add
 from pointseg.sparse.rulebook import Rulebook, offset_counts
 
 # Gathered bytes per block of the neighbour-map path: (rows, kv, C_in) floats.
@@ -74,7 +74,8 @@ def group_mm(rows: Tensor, w: Tensor) -> Tensor:
     if ci == 1 and co == 1:  # depthwise: a per-channel scale
         return rows * w.reshape(1, g)
     out = torch.bmm(rows.view(n, g, ci).transpose(0, 1), w)  # (G, n, Co)
-    return out.transpose(0, 1).reshape(n, g * co)
+    # contiguous: with Co == 1 a reshape would be a strided view, which a row kernel misreads
+    return out.transpose(0, 1).contiguous().view(n, g * co)
 
 
 def group_outer(a: Tensor, b: Tensor, groups: int, *, scratch: bool = False) -> Tensor:
@@ -122,7 +123,7 @@ def fused_depthwise(features: Tensor, scale: Tensor, nbr: Tensor) -> Tensor:
     return fn(padded, nbr, scale)
 
 
-# --- pointseg's CPU rulebook: per-offset pairs, cpu_conv's cached orders and scatters ---------
+# --- pointseg's CPU rulebook: per-offset pairs and cpu_conv's scatter-add -------------------
 
 
 def _offset_loop(x: Tensor, w: Tensor, rb: Rulebook, side: int, out: Tensor) -> Tensor:
@@ -137,11 +138,11 @@ def _offset_loop(x: Tensor, w: Tensor, rb: Rulebook, side: int, out: Tensor) -> 
     scale = w.reshape(w.shape[0], -1) if w.shape[2] == w.shape[3] == 1 else None  # (kv, C)
     buf = x.new_empty((min(max(n for _, n in offsets), _block_rows(c_in, c_out)), c_in))
     for k, n in offsets:
-        other = _offset_order(rb, k, n, side)[0]
+        other, target = _offset_pairs(rb, k, n, side)
         for lo, hi in _blocks(n, c_in, c_out):
             rows = torch.index_select(x, 0, other[lo:hi], out=buf[: hi - lo])  # (rows, C_in)
             prod = rows.mul_(scale[k]) if scale is not None else group_mm(rows, w[k])
-            _scatter_add(out, prod, rb, k, n, side, lo, hi)
+            _scatter_add(out, prod, target[lo:hi])
     return out
 
 
@@ -177,7 +178,7 @@ def cpu_backward(
     rows = _block_rows(c_in, c_out)
     buf_a, buf_b = features.new_empty((rows, c_in)), features.new_empty((rows, c_out))
     for k, n in offset_counts(rb.indice_pair_num, rb.is_subm):
-        src, dst = _offset_order(rb, k, n, 1)  # input rows, output rows
+        src, dst = _offset_pairs(rb, k, n, 1)  # input rows, output rows
         for lo, hi in _blocks(n, c_in, c_out):
             a = torch.index_select(features, 0, src[lo:hi], out=buf_a[: hi - lo])
             b = torch.index_select(grad_out, 0, dst[lo:hi], out=buf_b[: hi - lo])
@@ -190,7 +191,7 @@ def cpu_backward(
 
 
 class GroupedCPUConv(torch.autograd.Function):
-    """``cpu_forward`` with autograd; the rulebook's cached orders are shared with backward."""
+    """``cpu_forward`` with autograd; the rulebook is shared with backward."""
 
     @staticmethod
     def forward(ctx: Any, features: Tensor, weight: Tensor, rb: Rulebook, groups: int) -> Tensor:

@@ -205,8 +205,8 @@ class Rulebook:
     conv of that key and by their backward passes. Field names are spconv's ``IndiceData``
     names, so code that reads spconv's rulebooks (e.g. ``indice_pair_num``) reads these too.
 
-    ``cache`` holds what the kernels derive from the pairs (``cpu_conv``'s per-offset orders
-    and scatter matrices), so that too is computed once per forward.
+    ``cache`` holds what the kernels derive from the pairs (the depthwise kernel's neighbour
+    table), so that too is computed once per forward.
     """
 
     indices: Tensor  # (N_in, 4) int32 input sites

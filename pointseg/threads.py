@@ -213,21 +213,21 @@ class single_openmp_thread:  # noqa: N801 (used as a ``with`` statement, like to
             cls._setters = found
         return cls._setters
 
+    @classmethod
+    def _set(cls, n: int) -> None:
+        setters = cls.setters()
+        if not setters:
+            import torch
+
+            torch.set_num_threads(n)
+        for set_count in setters:
+            set_count(n)
+
     def __enter__(self) -> None:
         import torch
 
         self._saved = torch.get_num_threads()
-        setters = self.setters()
-        if not setters:
-            torch.set_num_threads(1)
-        for set_count in setters:
-            set_count(1)
+        self._set(1)
 
     def __exit__(self, *exc: object) -> None:
-        setters = self.setters()
-        if not setters:
-            import torch
-
-            torch.set_num_threads(self._saved)
-        for set_count in setters:
-            set_count(self._saved)
+        self._set(self._saved)

@@ -77,11 +77,18 @@ class InferenceOptions:
 
 class Prediction(NamedTuple):
     labels: np.ndarray  # (N,) smallest unsigned int type
-    voxel_probs: np.ndarray  # (M, K) float32 voted class probabilities
+    voxel_probs: np.ndarray | None  # (M, K) float32 voted class probabilities (voxel networks)
     inverse: np.ndarray  # (N,) point -> voxel row
     num_blocks: int
+    probs: np.ndarray | None = None  # (N, K) float32 voted point probabilities (point branch)
+
+    @property
+    def num_classes(self) -> int:
+        return (self.voxel_probs if self.probs is None else self.probs).shape[1]
 
     def point_probs(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        if self.probs is not None:
+            return self.probs[start:stop]  # (n, K)
         return self.voxel_probs[self.inverse[start:stop]]  # (n, K)
 
 
@@ -129,6 +136,24 @@ def plan_blocks(
     return len(occupied), blocks()
 
 
+def _turn(feat: np.ndarray, groups: Mapping[str, slice], rot: np.ndarray, scale: float) -> None:
+    """In place: the geometric feature columns (``_GEOMETRIC``) of ``feat`` turned by ``rot``
+    (2, 2) about z and scaled; the others are invariant."""
+    for key, cols in groups.items():
+        kind = _GEOMETRIC.get(key)
+        if kind in ("vector", "direction") and cols.stop - cols.start == 3:
+            feat[:, cols.start : cols.start + 2] = feat[:, cols.start : cols.start + 2] @ rot.T
+        if kind in ("vector", "length"):
+            feat[:, cols] *= scale
+
+
+class BlockPoints(NamedTuple):
+    """The points of one block, for a network with a point branch."""
+
+    feat: np.ndarray  # (n, C + 3) float32: input features, then the offset inside the voxel
+    local: np.ndarray  # (n,) int64: the point's voxel, as a row of the block
+
+
 def _transform(
     grid: np.ndarray,
     feat: np.ndarray,
@@ -139,11 +164,13 @@ def _transform(
     flip: bool,
     scale: float,
     align: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """One TTA copy of a block: (grid (M', 3) i64 >= 0, feat (M', C), back (B,) or None)."""
+    points: BlockPoints | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, BlockPoints | None]:
+    """One TTA copy of a block: (grid (M', 3) i64 >= 0, feat (M', C), back (B,) or None, the
+    block's points turned the same way, their ``local`` rows in the copy's voxels)."""
     if angle % 360 == 0 and not flip and scale == 1.0:
         # keep the global grid's alignment to the pooling strides: same result as one pass
-        return grid - (grid.min(0) // align) * align, feat, None
+        return grid - (grid.min(0) // align) * align, feat, None, points
     rad = math.radians(angle)
     c, s = round(math.cos(rad), 12), round(math.sin(rad), 12)
     rot = np.array([[c, -s], [s, c]]) @ np.diag([-1.0 if flip else 1.0, 1.0])  # (2, 2)
@@ -161,10 +188,18 @@ def _transform(
         wsum = np.bincount(inv, weights=counts, minlength=len(rows))[:, None]
         g, feat, back = rows, (merged / wsum).astype(np.float32), inv
     feat = feat.copy()
-    for key, cols in groups.items():
-        kind = _GEOMETRIC.get(key)
-        if kind in ("vector", "direction") and cols.stop - cols.start == 3:
-            feat[:, cols.start : cols.start + 2] = feat[:, cols.start : cols.start + 2] @ rot.T
-        if kind in ("vector", "length"):
-            feat[:, cols] *= scale
-    return g - g.min(0), feat, back
+    _turn(feat, groups, rot, scale)
+    if points is not None:
+        pf = points.feat.copy()
+        c_in = pf.shape[1] - 3
+        _turn(pf[:, :c_in], groups, rot, scale)
+        # the point's position in voxel units, turned like the voxel centres; its offset is
+        # taken from its voxel's cell in the copy (points of a merged voxel keep their voxel)
+        p = grid[points.local] + 0.5 + pf[:, c_in:].astype(np.float64)
+        p = np.concatenate([p[:, :2] @ rot.T, p[:, 2:]], 1) * scale
+        local = points.local if back is None else back[points.local]
+        pf[:, c_in:] = (p - g[local] - 0.5).astype(np.float32)
+        if c_in != pf.shape[1] - 3 or pf[:, c_in:].shape[1] != 3:
+            raise AssertionError("point inputs must end with the 3 offset columns")
+        points = BlockPoints(pf, local)
+    return g - g.min(0), feat, back, points

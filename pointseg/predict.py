@@ -169,7 +169,7 @@ def _keep_las_copy_if_it_fits(
 
 def _write_probs(path: Path, pred: Any, dtype: str, chunk: int, kept: np.ndarray | None) -> None:
     """(N, K) probabilities in file order; NaN rows for points that were left out."""
-    n, k = len(pred.inverse), pred.voxel_probs.shape[1]
+    n, k = len(pred.inverse), pred.num_classes
     with atomic_path(path) as tmp:
         rows = n if kept is None else len(kept)
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(rows, k))

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from pointseg.data.voxelize import voxelize_chunked
-from pointseg.inference import InferenceOptions, Prediction, _transform, plan_blocks
+from pointseg.data.voxelize import voxel_offsets, voxelize_chunked
+from pointseg.inference import BlockPoints, InferenceOptions, Prediction, _transform, plan_blocks
 from pointseg.io import label_dtype, read_points
+from pointseg.models.sparse_unet import has_point_branch
 
 Sample = dict[str, Any]
 RECIPE_KEY = "pointseg_recipe"  # the checkpoint entry holding FeatureRecipe.to_dict()
@@ -193,20 +194,41 @@ class Segmenter:
         return self.recipe.read(path, chunk_size=self.options.chunk_size, **options)
 
     @torch.no_grad()
-    def _scores(self, grid: np.ndarray, feat: np.ndarray, counts: np.ndarray, groups) -> np.ndarray:
-        """Mean softmax over the TTA copies of one block: (B, K) float32."""
+    def _scores(
+        self,
+        grid: np.ndarray,
+        feat: np.ndarray,
+        counts: np.ndarray,
+        groups,
+        points: BlockPoints | None = None,
+    ) -> np.ndarray:
+        """Mean softmax over the TTA copies of one block: (B, K) float32 for its voxels, or
+        (n, K) for its ``points`` with a point branch."""
         total = None
         for angle, flip, scale in self.options.variants():
-            g, f, back = _transform(
-                grid, feat, counts, groups, angle=angle, flip=flip, scale=scale, align=self.align
-            )
+            g, f, back, pts = _transform(
+                grid, feat, counts, groups, angle=angle, flip=flip, scale=scale, align=self.align,
+                points=points,
+            )  # fmt: skip
             idx = torch.zeros((len(g), 4), dtype=torch.int32)
             idx[:, 1:] = torch.from_numpy(g.astype(np.int32))
             x = torch.from_numpy(np.ascontiguousarray(f)).to(self.device)
-            probs = torch.softmax(self.net(x, idx.to(self.device), 1).float(), 1).cpu().numpy()
-            probs = probs if back is None else probs[back]
+            if pts is None:
+                logits = self.net(x, idx.to(self.device), 1)
+            else:
+                logits = self.net(
+                    x, idx.to(self.device), 1, inverse=torch.from_numpy(pts.local).to(self.device),
+                    point_feat=torch.from_numpy(pts.feat).to(self.device),
+                )  # fmt: skip
+            probs = torch.softmax(logits.float(), 1).cpu().numpy()
+            probs = probs if back is None or pts is not None else probs[back]
             total = probs if total is None else total + probs
         return total / len(self.options.variants())
+
+    @property
+    def labels_points(self) -> bool:
+        """Whether the network labels every point itself (a point branch), not its voxel."""
+        return has_point_branch(self.net)
 
     def predict(
         self, sample: Sample, *, progress: Any = None, grid_origin: np.ndarray | None = None
@@ -215,7 +237,9 @@ class Segmenter:
         scene); ``progress`` (a tqdm bar) is advanced once per block. ``grid_origin`` (3,)
         (``coord``'s frame): ``sample`` is a spatial chunk of a larger tile whose voxel grid
         starts there; it is voxelized on that grid and always labelled in blocks on the
-        tile's block grid, so its voxels get the votes they get in a whole-tile block run."""
+        tile's block grid, so its voxels get the votes they get in a whole-tile block run.
+        A network with a point branch votes per point: every block that holds a point's voxel
+        adds its probabilities for that point, with the voxel's weight."""
         sample = self.pre_transform(dict(sample))
         missing = [k for k in self.feat_keys if k not in sample]
         if missing:
@@ -225,6 +249,7 @@ class Segmenter:
             sample, self.feat_keys, voxel_size=self.voxel_size, chunk_size=opts.chunk_size,
             grid_origin=grid_origin,
         )  # fmt: skip
+        point_in = self._point_inputs(sample, vox) if self.labels_points else None
         del sample
         m = len(vox.grid)
         whole = grid_origin is None and m <= opts.single_pass_max_voxels
@@ -238,16 +263,43 @@ class Segmenter:
             )
         if progress is not None:
             progress.reset(total=nblocks)
-        acc = np.zeros((m, self.num_classes), np.float32)
+        rows = m if point_in is None else len(vox.inverse)
+        acc = np.zeros((rows, self.num_classes), np.float32)
+        if point_in is not None:  # the points of each voxel, as ranges of one sorted order
+            by_voxel = np.argsort(vox.inverse, kind="stable")
+            first = np.concatenate([[0], np.cumsum(vox.counts)[:-1]])
         for ids, weight in blocks:
             grid = vox.grid[ids].astype(np.int64)
-            probs = self._scores(grid, vox.feat[ids], vox.counts[ids], vox.groups)
-            acc[ids] += weight[:, None] * probs
+            if point_in is None:
+                probs = self._scores(grid, vox.feat[ids], vox.counts[ids], vox.groups)
+                acc[ids] += weight[:, None] * probs
+            else:
+                n_in = vox.counts[ids]
+                local = np.repeat(np.arange(len(ids)), n_in)  # (n,) voxel row in the block
+                start = np.repeat(first[ids] - np.cumsum(n_in) + n_in, n_in)
+                pts = by_voxel[start + np.arange(len(local))]  # (n,) the block's points
+                block = BlockPoints(point_in[pts], local)
+                probs = self._scores(grid, vox.feat[ids], vox.counts[ids], vox.groups, block)
+                acc[pts] += weight[local, None] * probs
             if progress is not None:
                 progress.update(1)
         acc /= acc.sum(1, keepdims=True)
-        labels = acc.argmax(1).astype(label_dtype(self.num_classes))[vox.inverse]
+        dtype = label_dtype(self.num_classes)
+        if point_in is not None:
+            labels = acc.argmax(1).astype(dtype)
+            return Prediction(labels, None, vox.inverse, nblocks, probs=acc)
+        labels = acc.argmax(1).astype(dtype)[vox.inverse]
         return Prediction(labels=labels, voxel_probs=acc, inverse=vox.inverse, num_blocks=nblocks)
+
+    def _point_inputs(self, sample: Sample, vox: Any) -> np.ndarray:
+        """(N, C + 3) float32: every point's features (as ``Voxelize`` concatenates them) and
+        its offset inside its voxel."""
+        n = len(vox.inverse)
+        cols = [np.asarray(sample[k], dtype=np.float32).reshape(n, -1) for k in self.feat_keys]
+        offset = voxel_offsets(
+            sample["coord"], vox.origin, self.voxel_size, vox.grid[vox.inverse]
+        )  # fmt: skip
+        return np.concatenate([*cols, offset], axis=1)
 
 
 def score_scenes(

@@ -18,7 +18,8 @@ from torch import Tensor
 def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Returns ``indices (M, 4) int32 [b, x, y, z]``, ``feat (M, C) f32``,
     ``inverse (N,) i64`` into the batch's voxels, ``segment (N,) i64`` (if labelled),
-    ``voxel_offset``/``point_offset (B + 1,) i64`` and ``batch_size``."""
+    ``voxel_offset``/``point_offset (B + 1,) i64``, ``batch_size`` and, for a point branch,
+    ``point_feat (N, C') f32``."""
     if len(samples) == 0:
         raise ValueError("cannot collate an empty list of samples")
     n_vox = np.array([len(s["grid_coord"]) for s in samples], dtype=np.int64)
@@ -41,6 +42,12 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "point_offset": torch.from_numpy(point_offset),
         "batch_size": len(samples),
     }
+    if any("point_feat" in s for s in samples):  # a point branch's per-point inputs
+        if not all("point_feat" in s for s in samples):
+            raise ValueError("some samples have point_feat and some not: one Voxelize for all")
+        batch["point_feat"] = torch.from_numpy(
+            np.concatenate([s["point_feat"] for s in samples]).astype(np.float32)
+        )
     if all("segment" in s for s in samples):
         batch["segment"] = torch.from_numpy(
             np.concatenate([np.asarray(s["segment"], dtype=np.int64) for s in samples])

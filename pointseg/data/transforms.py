@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pointseg.data.voxelize import Mode, voxelize
+from pointseg.data.voxelize import Mode, voxel_offsets, voxelize
 
 Sample = dict[str, Any]
 
@@ -158,6 +158,11 @@ class Voxelize(_Random):
     kept points, so ``inverse`` is the identity). ``mode="mean"`` averages features per
     voxel and keeps every input point: ``inverse (N,)`` maps each to its voxel and
     ``segment (N,)`` stays at full resolution, so metrics skip no point.
+
+    ``point_features=True`` (networks with a point branch) adds ``point_feat (N, C + 3)``: every
+    point's own features and its offset inside its voxel (``voxel_offsets``), with ``inverse``
+    and ``segment`` over every point in both modes (the loss is per point; ``mode`` then only
+    says how voxel features are made).
     """
 
     def __init__(
@@ -167,9 +172,11 @@ class Voxelize(_Random):
         feat_keys: Sequence[str] = ("color",),
         mode: Mode = "mean",
         seed: int | None = None,
+        point_features: bool = False,
     ) -> None:
         super().__init__(seed)
         self.voxel_size, self.feat_keys, self.mode = voxel_size, tuple(feat_keys), mode
+        self.point_features = bool(point_features)
 
     def _features(self, sample: Sample) -> np.ndarray:
         n = sample["coord"].shape[0]
@@ -190,18 +197,21 @@ class Voxelize(_Random):
         vox = voxelize(coord, feat, voxel_size=self.voxel_size, mode=self.mode, seed=self.rng)
         out: Sample = {"grid_coord": vox.grid_coord, "feat": vox.features}
         segment = sample.get("segment")
-        if self.mode == "train":
-            out["inverse"] = np.arange(len(vox.index), dtype=np.int64)
-            if segment is not None:
-                out["segment"] = np.asarray(segment)[vox.index]
-        else:
-            out["inverse"] = vox.inverse
-            if segment is not None:
-                out["segment"] = np.asarray(segment)
         if segment is not None and len(segment) != coord.shape[0]:
             raise ValueError(
                 f"segment has {len(segment)} labels but coord has {coord.shape[0]} points"
             )
+        if self.mode == "train" and not self.point_features:
+            out["inverse"] = np.arange(len(vox.index), dtype=np.int64)
+            if segment is not None:
+                out["segment"] = np.asarray(segment)[vox.index]
+            return out
+        out["inverse"] = vox.inverse
+        if segment is not None:
+            out["segment"] = np.asarray(segment)
+        if self.point_features:
+            offset = voxel_offsets(coord, vox.origin, self.voxel_size, vox.grid_coord[vox.inverse])
+            out["point_feat"] = np.concatenate([feat, offset], axis=1)  # (N, C + 3)
         return out
 
 

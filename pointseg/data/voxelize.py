@@ -32,6 +32,18 @@ class SceneVoxels(NamedTuple):
     counts: np.ndarray  # (M,) int64 points per voxel
     feat: np.ndarray  # (M, C) float32 mean features
     groups: dict[str, slice]  # feature key -> its columns of feat
+    origin: np.ndarray | None = None  # (3,) float64 world position of grid cell (0, 0, 0)
+
+
+def voxel_offsets(
+    coord: np.ndarray, origin: np.ndarray, voxel_size: float, cell: np.ndarray
+) -> np.ndarray:
+    """Each point's position inside its voxel, in voxel units centred on the voxel: (N, 3)
+    float32 in [-0.5, 0.5); ``cell`` (N, 3) is the point's voxel (``grid[inverse]``). The point
+    branch's extra inputs (``pointseg.models.sparse_unet.POINT_EXTRA``), computed by this one
+    function in training (``Voxelize``) and when labelling (``Segmenter``)."""
+    rel = (coord.astype(np.float64, copy=False) - origin) / voxel_size
+    return (rel - cell - 0.5).astype(np.float32)
 
 
 def _check_inputs(coord: np.ndarray, feat: np.ndarray | None, voxel_size: float) -> None:
@@ -381,4 +393,6 @@ def voxelize_chunked(
         f = np.concatenate([c.reshape(len(c), -1) for c in cols], 1).astype(np.float64)
         acc.index_add_(0, inverse[i : i + chunk_size].long(), torch.from_numpy(f))
     feat = (acc / counts[:, None].to(torch.float64)).to(torch.float32).numpy()
-    return SceneVoxels(grid.astype(np.int32), inverse.numpy(), counts.numpy(), feat, groups)
+    return SceneVoxels(
+        grid.astype(np.int32), inverse.numpy(), counts.numpy(), feat, groups, np.asarray(origin)
+    )

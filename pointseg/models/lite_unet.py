@@ -151,6 +151,7 @@ class LiteUNet(UNetSkeleton):
         dropout: float = 0.0,
         bn_momentum: float = BN_MOMENTUM,
         widths: Mapping[str, Any] | None = None,
+        point_channels: int = 0,
     ) -> None:
         super().__init__()
         w = unet_widths(in_channels, num_classes, stem_channels, channels, layers, widths)
@@ -169,5 +170,5 @@ class LiteUNet(UNetSkeleton):
         self.build(
             in_channels, num_classes, w,
             stem_conv=subm_conv3d(in_channels, w["stem"], stem_kernel, indice_key=stem_key),
-            stack=stack, dropout=dropout, bn_momentum=bn_momentum,
+            stack=stack, dropout=dropout, bn_momentum=bn_momentum, point_channels=point_channels,
         )  # fmt: skip

@@ -95,8 +95,18 @@ class O3DMLPlanUNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.head = nn.Linear(widths[0], num_classes)
 
-    def forward(self, feat: Tensor, indices: Tensor, batch_size: int) -> Tensor:
-        """feat (M, C_in), indices (M, 4) int32 [b, x, y, z] -> (M, num_classes) logits."""
+    def forward(
+        self,
+        feat: Tensor,
+        indices: Tensor,
+        batch_size: int,
+        *,
+        inverse: Tensor | None = None,
+        point_feat: Tensor | None = None,
+    ) -> Tensor:
+        """feat (M, C_in), indices (M, 4) int32 [b, x, y, z] -> (M, num_classes) logits;
+        with ``inverse`` (N,), each point's voxel logits (N, K) (no point branch: ``point_feat``
+        is not used)."""
         if feat.dim() == 2 and feat.shape[1] != self.in_channels:
             raise ValueError(f"expected {self.in_channels} feature channels, got {feat.shape[1]}")
         x = sparse_tensor(feat, indices, batch_size, levels=self.num_stages)
@@ -112,7 +122,8 @@ class O3DMLPlanUNet(nn.Module):
             skip = skips.pop()
             x = x.replace_feature(torch.cat([skip.features, x.features], dim=1))
             x = self.dec[level](x)  # (M_l, p_l)
-        return self.head(self.relu(self.out_bn(x.features)))
+        logits = self.head(self.relu(self.out_bn(x.features)))  # (M, K)
+        return logits if inverse is None else logits[inverse]
 
     def num_parameters(self) -> int:
         """Number of trainable parameters."""

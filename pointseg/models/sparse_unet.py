@@ -9,6 +9,12 @@ the output has exactly the input voxels, in the input row order.
 
 ``widths`` (optional) sets every layer's width explicitly, e.g. for a channel-pruned network
 (``pointseg.prune.structured``); by default they follow ``stem_channels`` and ``channels``.
+
+``point_channels > 0`` adds a point branch (the point-voxel fusion of SPVCNN): an MLP on every
+point's own input features and its offset inside its voxel (``POINT_EXTRA`` columns), joined
+with its voxel's decoder features before the head, so points of one voxel can get different
+labels. Called with ``inverse`` (N,) the network returns point logits (N, K); a network without
+the branch then returns its voxel logits gathered by ``inverse``.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from pointseg.models.blocks import (
+    BN_EPS,
     BN_MOMENTUM,
     ConvBNReLU,
     inverse_conv3d,
@@ -29,6 +36,8 @@ from pointseg.models.blocks import (
     subm_conv3d,
 )
 from pointseg.sparse import sparse_tensor
+
+POINT_EXTRA = 3  # the point branch's extra input columns: offset inside the voxel (x, y, z)
 
 SPUNET34C_CHANNELS = (32, 64, 128, 256, 256, 128, 96, 96)
 SPUNET34C_LAYERS = (2, 3, 4, 6, 2, 2, 2, 2)
@@ -151,10 +160,15 @@ class UNetSkeleton(nn.Module):
         stack: StageFactory,
         dropout: float,
         bn_momentum: float,
+        point_channels: int = 0,
     ) -> None:
         """Create every layer from the resolved ``widths`` (``resolve_widths``)."""
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if point_channels < 0:
+            raise ValueError(
+                f"point_channels must be >= 0 (0: no point branch), got {point_channels}"
+            )
         w, bn = widths, {"bn_momentum": bn_momentum}
         self.in_channels, self.num_classes, self.widths = in_channels, num_classes, w
         self.num_stages = n = len(w["down"])
@@ -182,11 +196,42 @@ class UNetSkeleton(nn.Module):
             prev = out
 
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.point_channels = int(point_channels)
+        self.point_mlp = point_mlp(in_channels + POINT_EXTRA, point_channels, bn_momentum)
         # A Linear head, not a 1x1 sparse conv: its bias is safe on CPU in eval mode.
-        self.head = nn.Linear(prev, num_classes)
+        self.head = nn.Linear(prev + self.point_channels, num_classes)
 
-    def forward(self, feat: Tensor, indices: Tensor, batch_size: int) -> Tensor:
-        """feat (M, C_in) float32/float16, indices (M, 4) int32 [b, x, y, z] -> (M, K) logits."""
+    def forward(
+        self,
+        feat: Tensor,
+        indices: Tensor,
+        batch_size: int,
+        *,
+        inverse: Tensor | None = None,
+        point_feat: Tensor | None = None,
+    ) -> Tensor:
+        """feat (M, C_in) float32/float16, indices (M, 4) int32 [b, x, y, z] -> (M, K) voxel
+        logits; with ``inverse`` (N,) point -> voxel row: (N, K) point logits, for which the
+        point branch needs ``point_feat`` (N, C_in + POINT_EXTRA) (``point_inputs``)."""
+        x = self.decode(feat, indices, batch_size).features  # (M, C_dec)
+        if self.point_mlp is None:
+            logits = self.head(self.dropout(x))  # (M, K)
+            return logits if inverse is None else logits[inverse]
+        if inverse is None or point_feat is None:
+            raise ValueError(
+                "this network has a point branch (point_channels > 0): pass inverse= and "
+                "point_feat= (Voxelize(point_features=True) gives both)"
+            )
+        if point_feat.shape != (len(inverse), self.in_channels + POINT_EXTRA):
+            raise ValueError(
+                f"point_feat must be (N={len(inverse)}, {self.in_channels + POINT_EXTRA}) "
+                f"(input features, then the offset inside the voxel), got {tuple(point_feat.shape)}"
+            )
+        z = torch.cat([x[inverse], self.point_mlp(point_feat.to(x.dtype))], dim=1)  # (N, C + P)
+        return self.head(self.dropout(z))  # (N, K)
+
+    def decode(self, feat: Tensor, indices: Tensor, batch_size: int) -> spconv.SparseConvTensor:
+        """The last decoder's features at the input voxels, in input row order."""
         x = sparse_tensor(feat, indices, batch_size, levels=self.num_stages)
         if feat.shape[1] != self.in_channels:
             raise ValueError(f"expected {self.in_channels} feature channels, got {feat.shape[1]}")
@@ -200,11 +245,30 @@ class UNetSkeleton(nn.Module):
             skip = skips.pop()
             x = x.replace_feature(torch.cat([x.features, skip.features], dim=1))
             x = decoder(x)  # (M_l, C_dec)
-        return self.head(self.dropout(x.features))  # (M, num_classes), input row order
+        return x  # (M, C_dec), input row order
 
     def num_parameters(self) -> int:
         """Number of trainable parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def point_mlp(in_channels: int, channels: int, bn_momentum: float) -> nn.Module | None:
+    """The point branch: two Linear + BN + ReLU layers on (N, in_channels) point inputs."""
+    if channels == 0:
+        return None
+    return nn.Sequential(
+        nn.Linear(in_channels, channels, bias=False),
+        nn.BatchNorm1d(channels, eps=BN_EPS, momentum=bn_momentum),
+        nn.ReLU(inplace=True),
+        nn.Linear(channels, channels, bias=False),
+        nn.BatchNorm1d(channels, eps=BN_EPS, momentum=bn_momentum),
+        nn.ReLU(inplace=True),
+    )
+
+
+def has_point_branch(net: nn.Module) -> bool:
+    """Whether ``net`` labels points itself (``point_channels > 0``), not only voxels."""
+    return int(getattr(net, "point_channels", 0) or 0) > 0
 
 
 class SparseUNet(UNetSkeleton):
@@ -222,6 +286,7 @@ class SparseUNet(UNetSkeleton):
         dropout: float = 0.0,
         bn_momentum: float = BN_MOMENTUM,
         widths: Mapping[str, Any] | None = None,
+        point_channels: int = 0,
     ) -> None:
         super().__init__()
         w = unet_widths(in_channels, num_classes, stem_channels, channels, layers, widths)
@@ -237,7 +302,7 @@ class SparseUNet(UNetSkeleton):
         self.build(
             in_channels, num_classes, w,
             stem_conv=subm_conv3d(in_channels, w["stem"], stem_kernel, indice_key=stem_key),
-            stack=stack, dropout=dropout, bn_momentum=bn_momentum,
+            stack=stack, dropout=dropout, bn_momentum=bn_momentum, point_channels=point_channels,
         )  # fmt: skip
 
 

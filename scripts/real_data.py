@@ -179,14 +179,14 @@ def scannet_points(folders: list[Path]) -> list[Points]:
 
 
 def kitti_points(scans: list[Path]) -> list[Points]:
-    from pointseg.data.datasets.semantickitti import map_labels, read_labels, read_points
+    from pointseg.data.datasets.semantickitti import map_labels, read_labels, read_scan_points
 
     out = []
     for scan in scans:
-        pts = read_points(scan)
-        xyz = pts[:, :3].astype(np.float64)
+        pts = read_scan_points(scan)
+        xyz = pts["coord"].astype(np.float64)
         label_path = scan.parent.parent / "labels" / (scan.stem + ".label")
-        raw, _ = read_labels(label_path, num_points=len(pts), scan=scan)
+        raw, _ = read_labels(label_path, num_points=len(xyz), scan=scan)
         hag = height_above_local_min(xyz, cell=0.5, radii=(2.0, 5.0, 10.0))
         feat = np.concatenate([xyz[:, 2:3] - xyz[:, 2].min(), hag, local_geometry(xyz, k=16)], 1)
         out.append(Points(xyz, feat.astype(np.float32), map_labels(raw, source=label_path)))

@@ -1,0 +1,358 @@
+"""Choose airborne defaults by cross-validation over the shared real tiles, never on one split.
+
+    python scripts/crossval.py --config default= --config vox=model.net.point_channels=0 \
+        --seeds 42,1,2 --folds ign,ahn3 --out docs/crossval.md
+
+Folds: the six adjacent IGN tiles, each left out in turn (trained on the other five), and the
+two AHN3 tiles both ways. Every config is trained with each seed on every fold through the
+command-line tools (``python -m pointseg.prepare|train|eval``, as a user types them) and scored
+on every point of the held-out tile, next to baselines fitted on the same training tiles: the
+height rule and HistGradientBoosting of ``real_data.py``, the Cloth Simulation Filter (CSF,
+PyPI ``cloth-simulation-filter``) with four parameters tuned on the training tiles, and the
+voxel ceiling (every voxel given its true majority class) at the default voxel size. Work files
+go to --work; a finished (config, fold, seed) is read back from there instead of re-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from real_data import (  # noqa: E402
+    AHN3_MAP,
+    ASPRS_NAMES,
+    Points,
+    Split,
+    confusion,
+    ground_vs_rest,
+    hgb_confusion,
+    iou_of,
+    las_points,
+    miou_of,
+    real_data_dir,
+    rule_confusion,
+    run_cmd,
+    tune_rule,
+)
+
+from pointseg.utils import atomic_path  # noqa: E402
+
+IGN_TILES = [f"ign/test_data_{c}_{r}_LA93_IGN69.laz" for r in (627755, 627760)
+             for c in (77050, 77055, 77060)]  # fmt: skip
+AHN3_TILES = ["ahn3/ahn3_cropped_1.laz", "ahn3/ahn3_cropped_2.laz"]
+# CSF's four parameters, tuned on the training tiles (ground vs rest mIoU)
+CSF_GRID = {
+    "cloth_resolution": (0.5, 1.0, 2.0),
+    "rigidness": (1, 2, 3),
+    "class_threshold": (0.3, 0.5, 1.0),
+    "bSloopSmooth": (False, True),
+}
+
+
+@dataclass(frozen=True)
+class Fold:
+    name: str
+    group: str  # ign | ahn3
+    split: Split
+
+
+def folds(groups: list[str]) -> list[Fold]:
+    out = []
+    if "ign" in groups:
+        for held in IGN_TILES:
+            name = "ign-" + held.split("_")[2] + "_" + held.split("_")[3]
+            split = Split(name, "las", [t for t in IGN_TILES if t != held], [held], ASPRS_NAMES,
+                          prepare=["unknown=ignore"])  # fmt: skip
+            out.append(Fold(name, "ign", split))
+    if "ahn3" in groups:
+        for held in AHN3_TILES:
+            name = "ahn3-" + held.rsplit("_", 1)[1].split(".")[0]
+            split = Split(name, "las", [t for t in AHN3_TILES if t != held], [held],
+                          ["ground", "building", "water", "other"],
+                          prepare=[f"class_map={AHN3_MAP}"])  # fmt: skip
+            out.append(Fold(name, "ahn3", split))
+    return out
+
+
+# ---------------------------------------------------------------- baselines
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def csf_labels(p: Points, params: dict[str, Any]) -> np.ndarray:
+    """1 for points the cloth leaves above it (not ground), 0 for ground."""
+    import CSF
+
+    csf = CSF.CSF()
+    for key, value in params.items():
+        setattr(csf.params, key, value)
+    csf.params.time_step, csf.params.interations = 0.65, 500
+    xyz = p.xyz - p.xyz.min(0)
+    ground, rest = CSF.VecInt(), CSF.VecInt()
+    with _quiet_stdout():  # CSF prints its progress from C++
+        csf.setPointCloud(xyz)
+        csf.do_filtering(ground, rest, exportCloth=False)
+    out = np.ones(len(xyz), dtype=np.int64)
+    out[np.asarray(ground, dtype=np.int64)] = 0
+    return out
+
+
+def _binary(p: Points, ground: int) -> np.ndarray:
+    return np.where(p.segment < 0, -1, (p.segment != ground).astype(np.int64))
+
+
+def tune_csf(train: list[Points], ground: int) -> tuple[dict[str, Any], float]:
+    best: tuple[dict[str, Any], float] = ({}, -1.0)
+    for values in itertools.product(*CSF_GRID.values()):
+        params = dict(zip(CSF_GRID, values, strict=True))
+        cm = sum(confusion(csf_labels(p, params), _binary(p, ground), 2) for p in train)
+        if miou_of(cm) > best[1]:
+            best = (params, miou_of(cm))
+    return best
+
+
+def voxel_ceiling(val: list[Points], k: int, voxel_size: float) -> np.ndarray:
+    """The confusion matrix of a perfect voxel classifier: every point gets its voxel's true
+    majority class (pointseg's labels before the point branch)."""
+    from pointseg.data.voxelize import voxelize
+
+    cm = np.zeros((k, k), dtype=np.int64)
+    for p in val:
+        vox = voxelize(p.xyz, voxel_size=voxel_size)
+        lab = np.where(p.segment >= 0, p.segment, k)  # ignore is its own bin
+        votes = np.zeros((len(vox.grid_coord), k + 1), dtype=np.int64)
+        np.add.at(votes, (vox.inverse, lab), 1)
+        majority = votes[:, :k].argmax(1)
+        cm += confusion(majority[vox.inverse], p.segment, k)
+    return cm
+
+
+def baselines(fold: Fold, data: Path, work: Path, voxel_size: float) -> dict[str, Any]:
+    path = work / fold.name / "baselines.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    t0 = time.perf_counter()
+    s = fold.split
+    train = las_points([data / f for f in s.train], s)
+    val = las_points([data / f for f in s.val], s)
+    k, ground = len(s.class_names), s.class_names.index("ground")
+    labels = np.concatenate([p.segment for p in val])
+    r, t, _ = tune_rule(train, ground)
+    params, _ = tune_csf(train, ground)
+    csf_cm = sum(confusion(csf_labels(p, params), _binary(p, ground), 2) for p in val)
+    out = {
+        "val_counts": np.bincount(labels[labels >= 0], minlength=k)[:k].tolist(),
+        "hgb": hgb_confusion(train, val, k).tolist(),
+        "rule": {"r": r, "t": t, "cm": rule_confusion(val, ground, r, t).tolist()},
+        "csf": {"params": params, "cm": np.asarray(csf_cm).tolist()},
+        "ceiling": voxel_ceiling(val, k, voxel_size).tolist(),
+        "seconds": time.perf_counter() - t0,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(out, indent=1))
+    return out
+
+
+# ---------------------------------------------------------------- pointseg
+
+
+def prepared(fold: Fold, data: Path, work: Path) -> Path:
+    s, src, dst = fold.split, work / fold.name / "src", work / fold.name / "scenes"
+    if (dst / "meta.json").is_file() or any(dst.glob("*/meta.json")):
+        return dst
+    for sub, files in (("train", s.train), ("val", s.val)):
+        (src / sub).mkdir(parents=True, exist_ok=True)
+        for f in files:
+            link = src / sub / Path(f).name
+            if not link.exists():
+                link.symlink_to(data / f)
+    cmd = [sys.executable, "-m", "pointseg.prepare", "las", f"src={src}", f"dst={dst}",
+           "split_by=folder", *s.prepare]  # fmt: skip
+    run_cmd(cmd, work / fold.name / "prepare.log")
+    return dst
+
+
+def run_net(fold: Fold, config: str, overrides: list[str], seed: int, data: Path,
+            work: Path) -> dict[str, Any]:  # fmt: skip
+    path = work / fold.name / config / f"seed{seed}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    s, scenes = fold.split, prepared(fold, data, work)
+    run = work / fold.name / config / f"seed{seed}"
+    run.mkdir(parents=True, exist_ok=True)
+    names = ",".join(s.class_names)
+    cmd = [sys.executable, "-m", "pointseg.train", "data=las", f"data.train_dataset.root={scenes}",
+           f"data.class_names=[{names}]", f"seed={seed}", *overrides, "logger=none",
+           f"hydra.run.dir={run / 'train'}"]  # fmt: skip
+    train_s, rss, _ = run_cmd(cmd, run.parent / f"seed{seed}.train.log")
+    ckpt = run / "train" / "checkpoints" / "best.ckpt"
+    ecmd = [sys.executable, "-m", "pointseg.eval", f"ckpt_path={ckpt}", "report.enabled=false",
+            f"hydra.run.dir={run / 'eval'}"]  # fmt: skip
+    run_cmd(ecmd, run.parent / f"seed{seed}.eval.log")
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    out = {"cm": metrics["confusion_matrix"], "train_s": train_s, "train_gib": rss,
+           "commands": [shlex.join(cmd), shlex.join(ecmd)]}  # fmt: skip
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(out, indent=1))
+    return out
+
+
+# ---------------------------------------------------------------- report
+
+
+def _ms(values: list[float]) -> str:
+    v = np.asarray(values, dtype=np.float64)
+    return f"{v.mean():.3f} ± {v.std():.3f}" if len(v) > 1 else f"{v.mean():.3f}"
+
+
+def report(results: dict, fold_list: list[Fold], configs: dict[str, list[str]], seeds: list[int],
+           argv: list[str]) -> str:  # fmt: skip
+    lines = [
+        "# Airborne defaults by cross-validation",
+        "",
+        f"Written by `python scripts/crossval.py {shlex.join(argv)}` on "
+        f"{time.strftime('%Y-%m-%d')}. Folds: each IGN tile held out in turn (trained on the other "
+        "five), AHN3 tile 1 -> 2 and 2 -> 1; every point of the held-out tile is scored. Figures "
+        "are mean ± standard deviation over seeds; the fold mean is over folds of the seed means.",
+        "",
+        "Configs: "
+        + "; ".join(
+            f"`{c}`: `{' '.join(o) or '(the defaults)'}`" for c, o in configs.items()
+        ),  # fmt: skip
+        "",
+        "| fold | "
+        + " | ".join(f"{c} mIoU" for c in configs)
+        + " | HGB | ceiling | "
+        + " | ".join(f"{c} g/r" for c in configs)
+        + " | CSF g/r | rule g/r |",
+        "|---" * (2 * len(configs) + 6) + "|",
+    ]
+    per_group: dict[str, dict[str, list[float]]] = {}
+    for fold in fold_list:
+        b = results[fold.name]["baselines"]
+        g = fold.split.class_names.index("ground")
+        row = [fold.name]
+        acc = per_group.setdefault(fold.group, {})
+        gr = []
+        for c in configs:
+            cms = [np.asarray(results[fold.name][c][sd]["cm"]) for sd in seeds]
+            mious = [miou_of(cm) for cm in cms]
+            grs = [miou_of(ground_vs_rest(cm, g)) for cm in cms]
+            row.append(_ms(mious))
+            gr.append(_ms(grs))
+            acc.setdefault(f"{c} mIoU", []).append(float(np.mean(mious)))
+            acc.setdefault(f"{c} g/r", []).append(float(np.mean(grs)))
+            acc.setdefault(f"{c} worst seed", []).append(float(np.min(mious)))
+        for key, cm in (("HGB", b["hgb"]), ("ceiling", b["ceiling"])):
+            row.append(f"{miou_of(np.asarray(cm)):.3f}")
+            acc.setdefault(key, []).append(miou_of(np.asarray(cm)))
+        row += gr
+        for key, cm in (("CSF g/r", b["csf"]["cm"]), ("rule g/r", b["rule"]["cm"])):
+            row.append(f"{miou_of(np.asarray(cm)):.3f}")
+            acc.setdefault(key, []).append(miou_of(np.asarray(cm)))
+        acc.setdefault("HGB g/r", []).append(miou_of(ground_vs_rest(np.asarray(b["hgb"]), g)))
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Means over folds (± spread over folds):", ""]
+    for group, acc in per_group.items():
+        lines.append(f"- **{group}**: " + "; ".join(f"{k} {_ms(v)}" for k, v in acc.items()))
+    lines += ["", "Per-class IoU, fold mean of the seed means:", ""]
+    for group in per_group:
+        names = next(f for f in fold_list if f.group == group).split.class_names
+        lines += [f"### {group}", "", "| class | " + " | ".join([*configs, "HGB", "ceiling"])
+                  + " |", "|---" * (len(configs) + 3) + "|"]  # fmt: skip
+        group_folds = [f for f in fold_list if f.group == group]
+        for i, name in enumerate(names):
+            cells = []
+            for c in [*configs, "HGB", "ceiling"]:
+                vals = []
+                for f in group_folds:
+                    r = results[f.name]
+                    if c in configs:
+                        v = np.nanmean([iou_of(np.asarray(r[c][sd]["cm"]))[i] for sd in seeds])
+                    else:
+                        key = "hgb" if c == "HGB" else "ceiling"
+                        v = iou_of(np.asarray(r["baselines"][key]))[i]
+                    vals.append(v)
+                vals = [v for v in vals if v == v]
+                cells.append(f"{np.mean(vals):.3f}" if vals else "-")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help="NAME=OVERRIDES (space-separated pointseg-train overrides); repeatable",
+    )
+    ap.add_argument("--seeds", default="42", help="comma list of seeds")
+    ap.add_argument("--folds", default="ign,ahn3", help="fold groups: ign, ahn3")
+    ap.add_argument("--only", default="", help="comma list of fold names (default: all)")
+    ap.add_argument("--voxel-size", type=float, default=1.0, help="for the voxel ceiling")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/pointseg_crossval"))
+    ap.add_argument("--out", type=Path, default=None, help="markdown report (default: print)")
+    args = ap.parse_args(argv)  # fmt: skip
+    data = real_data_dir()
+    if not data.is_dir():
+        sys.exit(f"no real samples at {data}; set POINTSEG_REAL_DATA")
+    configs = {}
+    for spec in args.config or ["default="]:
+        name, _, over = spec.partition("=")
+        configs[name] = shlex.split(over)
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    fold_list = folds(args.folds.split(","))
+    if args.only:
+        fold_list = [f for f in fold_list if f.name in args.only.split(",")]
+    results: dict[str, Any] = {}
+    for fold in fold_list:
+        res = results[fold.name] = {"baselines": baselines(fold, data, args.work, args.voxel_size)}
+        for c, over in configs.items():
+            res[c] = {}
+            for seed in seeds:
+                res[c][seed] = run_net(fold, c, over, seed, data, args.work)
+                m = miou_of(np.asarray(res[c][seed]["cm"]))
+                print(f"[{fold.name}] {c} seed {seed}: mIoU {m:.3f} "
+                      f"({res[c][seed]['train_s']:.0f} s)", flush=True)  # fmt: skip
+    text = report(results, fold_list, configs, seeds, argv)
+    if args.out is None:
+        print(text)
+    else:
+        with atomic_path(args.out) as tmp:
+            Path(tmp).write_text(text)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -238,7 +238,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     plans = _targets(files, out, cfg, streamed=streamed)
     names = predictor.class_names
     amap = cfg.get("asprs_map")
-    codes = class_codes(names, OmegaConf.to_container(amap) if OmegaConf.is_config(amap) else amap)
+    amap = OmegaConf.to_container(amap) if OmegaConf.is_config(amap) else amap
+    if amap in (None, "auto") and predictor.recipe.class_codes is not None:
+        amap = list(predictor.recipe.class_codes)  # the codes the training data had
+    codes = class_codes(names, amap)
     for f, plan in zip(files, plans, strict=True):
         _keep_las_copy_if_it_fits(f, plan, codes, names)
     options = _output_options(cfg)

@@ -41,13 +41,21 @@ class FeatureRecipe:
     voxel_size: float
     transforms: tuple[dict[str, Any], ...] = ()  # Hydra configs, applied before voxelizing
     reader: dict[str, Any] = field(default_factory=dict)  # keyword options of read_points
+    # the source code (e.g. ASPRS) of each class in the data it was trained on: the first code
+    # the preparer's class map gave it; predict writes these back into classified copies
+    class_codes: tuple[int, ...] | None = None
 
     @classmethod
     def from_data_config(
-        cls, data: Mapping[str, Any], *, reader: Mapping[str, Any] | None = None
+        cls,
+        data: Mapping[str, Any],
+        *,
+        reader: Mapping[str, Any] | None = None,
+        class_codes: Sequence[int] | None = None,
     ) -> FeatureRecipe:
         """The recipe of a (resolved, plain) ``data`` config, whose ``val_transforms`` end
-        with ``Voxelize``; ``reader``: the reader options of the dataset's raw files."""
+        with ``Voxelize``; ``reader``: the reader options of the dataset's raw files;
+        ``class_codes``: each class's source code in them."""
         where = "data.val_transforms"
         transforms = [dict(t) for t in data.get("val_transforms") or []]
         if not transforms or transforms[-1].get("_target_") != _VOXELIZE:
@@ -62,6 +70,7 @@ class FeatureRecipe:
             voxel_size=float(vox["voxel_size"]),
             transforms=tuple(transforms),
             reader=dict(reader or {}),
+            class_codes=None if class_codes is None else tuple(int(c) for c in class_codes),
         )
         recipe.check()
         return recipe
@@ -75,8 +84,11 @@ class FeatureRecipe:
                 voxel_size=float(d["voxel_size"]),
                 transforms=tuple(dict(t) for t in d.get("transforms", ())),
                 reader=dict(d.get("reader") or {}),
+                class_codes=None
+                if d.get("class_codes") is None
+                else tuple(int(c) for c in d["class_codes"]),
             )
-        except (KeyError, TypeError) as err:
+        except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{where}: damaged feature recipe ({err!r}); re-train") from err
         recipe.check()
         return recipe
@@ -93,6 +105,11 @@ class FeatureRecipe:
             raise ValueError(f"voxel_size must be > 0, got {self.voxel_size}")
         if not self.feat_keys:
             raise ValueError("a feature recipe needs at least one feature key")
+        if self.class_codes is not None and len(self.class_codes) != len(self.class_names):
+            raise ValueError(
+                f"class_codes {list(self.class_codes)} must give one code for each of the "
+                f"{len(self.class_names)} classes {list(self.class_names)}"
+            )
 
     def build_transforms(self) -> Callable[[Sample], Sample]:
         import hydra
@@ -353,14 +370,28 @@ def reader_options(dataset: Any) -> dict[str, Any]:
     return dict(get()) if get is not None else {}
 
 
+def source_codes(dataset: Any, class_names: Sequence[str]) -> list[int] | None:
+    """Each class's source code from a dataset's class map (``class_map()`` where it has one:
+    the first code the preparer mapped to the class), or None where a class has none."""
+    get: Callable[[], Mapping[str, Any] | None] | None = getattr(dataset, "class_map", None)
+    cmap = get() if get is not None else None
+    classes = (cmap or {}).get("classes") or {}
+    codes = [list(classes.get(n) or []) for n in class_names]
+    return [int(c[0]) for c in codes] if codes and all(codes) else None
+
+
 def feature_recipe(run_config: Mapping[str, Any], datamodule: Any = None) -> FeatureRecipe:
-    """The recipe of a training run: its data config plus its dataset's reader options."""
+    """The recipe of a training run: its data config plus its dataset's reader options and
+    class codes."""
     reader: dict[str, Any] = {}
+    codes = None
     if datamodule is not None:
         factory = getattr(datamodule, "factories", {}).get("val")
         if factory is not None:
-            reader = reader_options(factory(transform=None))
-    return FeatureRecipe.from_data_config(run_config["data"], reader=reader)
+            dataset = factory(transform=None)
+            reader = reader_options(dataset)
+            codes = source_codes(dataset, run_config["data"]["class_names"])
+    return FeatureRecipe.from_data_config(run_config["data"], reader=reader, class_codes=codes)
 
 
 __all__: Sequence[str] = (

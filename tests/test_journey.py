@@ -117,6 +117,28 @@ def test_las_default_features(tmp_path: Path) -> None:
     assert scores["val/miou"] >= 0.0
 
 
+def test_las_user_classes_are_written_with_their_source_codes(tmp_path: Path) -> None:
+    """A class map with classes ASPRS has no name for (vegetation = codes 3, 4, 5): the recipe
+    keeps each class's first source code, and predict writes the classified LAS 1.2 copy with
+    those codes (no code above 31 that point format 1 could not hold)."""
+    import laspy
+
+    from pointseg.prepare.las import prepare
+
+    src, dst = tmp_path / "tiles", tmp_path / "las"
+    _airborne_tile(src / "train" / "a.laz", seed=0, offset=(155_000.0, 463_000.0, 0.0))
+    _airborne_tile(src / "val" / "b.laz", seed=1, offset=(155_060.0, 463_000.0, 0.0))
+    cmap = {"classes": {"ground": [2, 9], "vegetation": [3, 4, 5], "building": [6]}}
+    prepare(src, dst, split_by="folder", block_size=0.0, class_map=cmap)
+    names = "data.class_names=[ground,vegetation,building]"
+    _, by_predict, _ = _journey(
+        tmp_path, ["data=las", f"data.train_dataset.root={dst}", names], src / "val" / "b.laz", None
+    )  # fmt: skip
+    copy = laspy.read(tmp_path / "predict" / "b.laz")
+    codes = np.array([2, 3, 6])
+    np.testing.assert_array_equal(np.asarray(copy.classification), codes[by_predict])
+
+
 def test_las_prepared_features_equal_the_raw_reader(tmp_path: Path) -> None:
     """The preparer and predict compute every LAS feature with the same function and
     options: the arrays of a whole prepared tile equal what predict reads from it."""

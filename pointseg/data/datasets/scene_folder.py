@@ -84,6 +84,14 @@ class SceneFolder(Dataset):
             return {"las": {"hag_cell": hag["cell"], "hag_radii": list(hag["radii"])}}
         return {}
 
+    def class_map(self) -> dict[str, Any] | None:
+        """The preparer's class map (``{classes: {name: [codes]}, ...}``) from ``meta.json``,
+        or None for scenes prepared without one."""
+        meta_path = self.scenes[0] / "meta.json"
+        if not meta_path.is_file():
+            return None
+        return json.loads(meta_path.read_text()).get("class_map")
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} scenes")

@@ -295,3 +295,18 @@ def test_generic_data_config_runs_on_default_preparation(compose_cfg, tmp_path: 
     cfg = compose_cfg("train", ["data=las", "debug=fdr", f"paths.data_dir={tmp_path / 'data'}"])
     # in_channels matches the default arrays: hag (5) + strength (1) + returns (2) + geom (4)
     train(cfg)
+
+
+def test_points_on_the_closing_grid_line_join_the_last_block() -> None:
+    """A survey tile spans [x0, x0 + 50] with points on both edges: 50-unit blocks give one
+    block, not a block and slivers of the few points at x = 50 or y = 50."""
+    from pointseg.prepare.las import block_members
+
+    rng = np.random.default_rng(0)
+    xy = np.r_[rng.uniform(0, 50, (500, 2)), [[50.0, 10.0], [20.0, 50.0], [50.0, 50.0]]]
+    assert {k: len(v) for k, v in block_members(xy, block_size=50).items()} == {(0, 0): 503}
+    wide = block_members(xy, block_size=50, overlap=5)
+    assert list(wide) == [(0, 0)] and len(wide[(0, 0)]) == 503
+    # a tile that really goes on past the grid line gets its second block, from x = 50 on
+    more = block_members(np.r_[xy, [[50.5, 3.0]]], block_size=50)
+    assert sorted(more) == [(0, 0), (1, 0)] and more[(1, 0)].tolist() == [500, 502, 503]

@@ -191,14 +191,18 @@ def block_members(
 
     Block ``(i, j)`` covers ``[i, i + 1) * block_size`` in x (likewise y) widened by
     ``overlap`` on each side; only blocks whose core holds a point are listed. Without
-    overlap each point is in exactly one block.
+    overlap each point is in exactly one block. The last block of a row is closed: points on
+    the tile's closing grid line (x = 50 of a tile spanning [0, 50], as survey tiles are cut)
+    belong to it, not to a sliver block of a few edge points that would be a training sample
+    of its own.
     """
     n = len(xy)
     if block_size <= 0:
         return {(0, 0): np.arange(n)} if n else {}
-    core = np.floor(xy / block_size).astype(np.int64)  # (N, 2)
-    lo = np.floor((xy - overlap) / block_size).astype(np.int64)
-    hi = np.floor((xy + overlap) / block_size).astype(np.int64)
+    last = np.maximum(np.ceil(xy.max(0) / block_size).astype(np.int64) - 1, 0)  # (2,)
+    core = np.minimum(np.floor(xy / block_size).astype(np.int64), last)  # (N, 2)
+    lo = np.minimum(np.floor((xy - overlap) / block_size).astype(np.int64), last)
+    hi = np.minimum(np.floor((xy + overlap) / block_size).astype(np.int64), last)
     rows, keys = [], []
     span = int((hi - lo).max()) + 1 if n else 1
     for di in range(span):

@@ -141,7 +141,7 @@ def test_quarter_turn_permutes_grid_cells_exactly() -> None:
     sample = {"coord": coord, "color": rng.random((n, 3)).astype(np.float32)}
     sample["normal"] = np.tile(np.float32([1.0, 0.0, 0.0]), (n, 1))
     vox = voxelize_scene(sample, ["color", "normal"], voxel_size=0.125)
-    g, f, back = _transform(vox.grid.astype(np.int64), vox.feat, vox.counts, vox.groups,
+    g, f, back, _ = _transform(vox.grid.astype(np.int64), vox.feat, vox.counts, vox.groups,
                             angle=90.0, flip=False, scale=1.0, align=16)  # fmt: skip
     assert back is None and len(np.unique(g, axis=0)) == len(g) == n
     x, y, z = coord.T
@@ -151,7 +151,7 @@ def test_quarter_turn_permutes_grid_cells_exactly() -> None:
     match = np.array([ref_rows[tuple(r)] for r in g])  # every turned cell exists
     np.testing.assert_array_equal(f[:, :3], ref.feat[match, :3])  # same voxel, same colour
     np.testing.assert_allclose(f[:, 3:], np.tile([0.0, 1.0, 0.0], (n, 1)), atol=1e-6)
-    g2, _, _ = _transform(vox.grid.astype(np.int64), vox.feat, vox.counts, vox.groups,
+    g2, _, _, _ = _transform(vox.grid.astype(np.int64), vox.feat, vox.counts, vox.groups,
                           angle=0.0, flip=True, scale=1.0, align=16)  # fmt: skip
     assert len(np.unique(g2, axis=0)) == n
 

@@ -321,7 +321,11 @@ def run_hydra(hydra_main: Callable[[], Any], config_name: str) -> None:
     argv = sys.argv[1:]
     quiet_third_party()
     if "--help" in argv or "-h" in argv:
-        print(command_help(prog, config_name, CONF_DIR))
+        print(
+            command_help(
+                prog, config_name, CONF_DIR, [a for a in argv if a not in ("-h", "--help")]
+            )
+        )
         sys.exit(0)
     missing = missing_options(config_name, argv, CONF_DIR)
     if missing:

@@ -41,6 +41,29 @@ from pointseg.utils import public_mode
 
 SPLIT_MODES = ("tile", "folder", "x_median")
 DONE = ".done"
+# key=value options of ``pointseg-prepare las`` and what they mean (its --help prints them with
+# the defaults of ``prepare``; docs/datasets/las.md has the long form)
+OPTIONS = {
+    "split_by": "tile: dst/<tile>/block_<i>_<j>/ (splits are tile names); folder: the first "
+    "folder below src is the split (src/train/*.laz, src/val/*.laz; evaluation tiles whole); "
+    "x_median: each tile's west half to train/, east half to val/",
+    "block_size": "block side in the files' horizontal units (metres or feet); 0 keeps a tile "
+    "(or half tile) whole",
+    "overlap": "widen training blocks by this margin on each side (points then repeat)",
+    "class_map": "ASPRS codes -> classes: a preset (asprs, the default; ground_other), a "
+    ".yaml/.json file or an inline mapping such as class_map='{ground: [2], other: [1]}'",
+    "unknown": "codes the class map does not list: error (stop before writing anything, naming "
+    "the tiles and codes), ignore (label -1) or other (the class named other); default: the "
+    "map's own (error for asprs)",
+    "color": "auto: write color when the tiles have non-zero RGB; true: require it; false: never",
+    "color_scale": "RGB divisor to [0, 1]: auto (255 or 65535 from the tile's maximum) or a number",
+    "intensity_scale": "intensity divisor: pNN (the tile's NN-th percentile, then clipped to "
+    "[0, 2]), auto, or a number",
+    "hag": "write hag (N, K): height above the lowest point within each radius of hag_radius",
+    "hag_cell": "grid cell of the hag search, in file units",
+    "hag_radius": "radii of the hag columns, a number or a comma list such as 2,5,15,30,60",
+    "geometry_k": "write geom (N, 4) eigen features of the k nearest neighbours; 0: off",
+}
 
 
 def find_tiles(src: Path) -> list[Path]:

@@ -106,8 +106,8 @@ def _chosen(config_name: str, conf_dir: Path, argv: Sequence[str]) -> dict[str, 
     primary config's defaults list."""
     text = (conf_dir / f"{config_name}.yaml").read_text()
     block = re.search(r"^defaults:\n((?:[ \t]+-.*\n|[ \t]*#.*\n)+)", text, re.M)
-    found = re.findall(r"^\s*-\s*(?:override\s+)?(\w+)\s*:\s*([\w.]+)", block.group(1) if block else "",
-                       re.M)  # fmt: skip
+    entry = r"^\s*-\s*(?:override\s+)?(\w+)\s*:\s*([\w.]+)"
+    found = re.findall(entry, block.group(1) if block else "", re.M)
     chosen = {g: o for g, o in found if o != "null"}
     for arg in argv:
         key, eq, value = arg.partition("=")

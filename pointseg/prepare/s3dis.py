@@ -53,6 +53,7 @@ OPTIONS = {
     "tolerated per room before the run stops",
 }
 
+
 def prepare(
     src: Path, dst: Path, *, workers: int = 1, overwrite: bool = False, max_bad_lines: int = 10
 ) -> dict[str, int]:

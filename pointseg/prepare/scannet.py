@@ -50,6 +50,7 @@ OPTIONS = {
     "label_map": f"the {LABEL_MAP} of a raw release (default: the one in src)",
 }
 
+
 def prepare(
     src: Path,
     dst: Path,

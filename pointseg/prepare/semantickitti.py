@@ -41,6 +41,7 @@ OPTIONS = {
     "sequences": "sequences to check and index, e.g. sequences=00,08 (default: all)",
 }
 
+
 def inverse_log_weights(freq: Sequence[float] | np.ndarray, *, c: float = ENET_C) -> np.ndarray:
     """Class weights ``1 / ln(c + f_k)`` (ENet's inverse log frequency), scaled to mean 1.
 

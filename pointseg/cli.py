@@ -81,7 +81,9 @@ def parse_config_file(path: Path) -> tuple[list[str], list[str], list[_Option]]:
         if not stack and key == "defaults":
             in_defaults = True
         elif value.split("#", 1)[0].strip():
-            options.append(_Option(full, value.split(" #", 1)[0].strip(), " ".join(comment)))
+            default, _, inline = value.partition(" #")
+            text = " ".join(comment) or inline.strip()  # the comment above, else the inline one
+            options.append(_Option(full, default.strip(), text))
         else:  # a mapping (or a block list): its own comment, if any, heads its keys
             if comment:
                 options.append(_Option(f"{full}.*", "", " ".join(comment)))
@@ -99,8 +101,57 @@ def _usage(prog: str, header: list[str]) -> str:
     return ""
 
 
-def command_help(prog: str, config_name: str, conf_dir: str | Path) -> str:
-    """The text ``pointseg-<command> --help`` prints."""
+def _chosen(config_name: str, conf_dir: Path, argv: Sequence[str]) -> dict[str, str]:
+    """Group -> option the command composes: ``group=option`` on the command line, else the
+    primary config's defaults list."""
+    text = (conf_dir / f"{config_name}.yaml").read_text()
+    block = re.search(r"^defaults:\n((?:[ \t]+-.*\n|[ \t]*#.*\n)+)", text, re.M)
+    entry = r"^\s*-\s*(?:override\s+)?(\w+)\s*:\s*([\w.]+)"
+    found = re.findall(entry, block.group(1) if block else "", re.M)
+    chosen = {g: o for g, o in found if o != "null"}
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and "." not in key and key in chosen and value:
+            chosen[key] = value
+    return chosen
+
+
+def group_options(conf_dir: str | Path, group: str, option: str) -> list[_Option]:
+    """The options a group's file sets, with their full keys (``trainer.max_epochs``), those of
+    the files its defaults list extends first; ``_target_``-like keys, list items (transforms)
+    and derived values (one ``${...}`` interpolation) are left out."""
+    path = Path(conf_dir) / group / f"{option}.yaml"
+    if not path.is_file():
+        return []
+    text = path.read_text()
+    merged: dict[str, _Option] = {}
+    block = re.search(r"^defaults:\n((?:[ \t]+-.*\n)+)", text, re.M)
+    for base in re.findall(r"^\s*-\s*(\w+)\s*$", block.group(1) if block else "", re.M):
+        if base != "_self_":
+            merged.update((o.key, o) for o in group_options(conf_dir, group, base))
+    prefix = "" if "@package _global_" in text else f"{group}."
+    for o in parse_config_file(path)[2]:
+        key = prefix + o.key
+        leaf = key.rsplit(".", 1)[-1]
+        if leaf.startswith("_") or key.endswith(".*") or "transforms." in key or not o.default:
+            continue
+        if re.fullmatch(r"\$\{.*\}", o.default):
+            continue
+        old = merged.get(key)
+        merged[key] = _Option(key, o.default, o.comment or (old.comment if old else ""))
+    return list(merged.values())
+
+
+# commands whose --help also lists the options of the groups they compose (by default or as
+# chosen on the command line: pointseg-train data=las --help)
+HELP_GROUPS = {"train": ("trainer", "data")}
+
+
+def command_help(
+    prog: str, config_name: str, conf_dir: str | Path, argv: Sequence[str] = ()
+) -> str:
+    """The text ``pointseg-<command> --help`` prints (``argv``: the rest of its command line,
+    whose ``group=option`` choices pick the group options shown)."""
     conf_dir = Path(conf_dir)
     header, groups, options = parse_config_file(conf_dir / f"{config_name}.yaml")
     usage = _usage(prog, header)
@@ -127,6 +178,13 @@ def command_help(prog: str, config_name: str, conf_dir: str | Path) -> str:
 
     table("required:", required)
     table("options (key=value; the default is shown):", rest)
+    chosen = _chosen(config_name, conf_dir, argv)
+    for group in HELP_GROUPS.get(config_name, ()):
+        if group in chosen:
+            opts = group_options(conf_dir, group, chosen[group])
+            table(
+                f"{group} options ({group}={chosen[group]}; pick another with {group}=...):", opts
+            )
     if groups:
         lines.extend(["", "config groups (group=option):"])
         for group in groups:

@@ -166,6 +166,28 @@ def _closest_key(cfg: Any, key: str, keys: list[str], cutoff: float = 0.6) -> st
     return close[0] if close else None
 
 
+def _target_option(cfg: Any, key: str) -> str | None:
+    """The ``_target_`` of ``key``'s parent node when ``key``'s last part is one of its
+    keyword parameters (``trainer.accumulate_grad_batches``: a Lightning Trainer option)."""
+    import inspect
+
+    import hydra
+    from omegaconf import OmegaConf
+
+    if "." not in key:
+        return None
+    parent, leaf = key.rsplit(".", 1)
+    node = OmegaConf.select(cfg, parent, default=None)
+    target = node.get("_target_") if node is not None and hasattr(node, "get") else None
+    if not isinstance(target, str):
+        return None
+    try:
+        params = inspect.signature(hydra.utils.get_object(target)).parameters
+    except Exception:
+        return None
+    return target if leaf in params else None
+
+
 def key_hints(config_name: str, overrides: Sequence[str], conf_dir: str) -> list[str]:
     """Hint lines ("did you mean ...") for the ``key=value`` overrides naming no config key."""
     sets = [o for o in overrides if "=" in o and not o.startswith(("+", "~", "-"))]
@@ -178,8 +200,14 @@ def key_hints(config_name: str, overrides: Sequence[str], conf_dir: str) -> list
         key = item.split("=", 1)[0].strip()
         if "." not in key or key in keys:
             continue
+        target = _target_option(cfg, key)
         close = _closest_key(cfg, key, keys)
-        if close:
+        if target:  # a real option of the class the node builds, which the config leaves out
+            hints.append(
+                f"hint: '{key}' is an option of {target} that the config does not set; add it "
+                f"with +{item}"
+            )
+        elif close:
             hints.append(f"hint: '{key}' is not a config key; did you mean {close}?")
         else:
             hints.append(
@@ -293,7 +321,11 @@ def run_hydra(hydra_main: Callable[[], Any], config_name: str) -> None:
     argv = sys.argv[1:]
     quiet_third_party()
     if "--help" in argv or "-h" in argv:
-        print(command_help(prog, config_name, CONF_DIR))
+        print(
+            command_help(
+                prog, config_name, CONF_DIR, [a for a in argv if a not in ("-h", "--help")]
+            )
+        )
         sys.exit(0)
     missing = missing_options(config_name, argv, CONF_DIR)
     if missing:

@@ -249,3 +249,20 @@ def poly_lr(
     if power <= 0:
         raise ValueError(f"model.scheduler.power must be positive, got {power}")
     return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total_steps, power=power)
+
+
+def one_cycle_lr(
+    optimizer: torch.optim.Optimizer, *, total_steps: int, pct_start: float = 0.3, **options: Any
+) -> torch.optim.lr_scheduler.OneCycleLR:
+    """torch's ``OneCycleLR`` with at least one warm-up step whatever the run's length: a short
+    run (``trainer.max_steps=20``) would leave ``pct_start * total_steps`` at one step or less,
+    where torch divides by zero. ``options``: the other ``OneCycleLR`` arguments."""
+    # the warm-up ends at step pct_start * total_steps - 1, which must lie past step 0 and
+    # before the last step; a 1-step run has no room for one (its step takes the final lr)
+    if total_steps < 2:
+        pct = 0.5
+    else:
+        pct = max(float(pct_start), min(2.0 / total_steps, (total_steps - 0.5) / total_steps))
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, total_steps=total_steps, pct_start=pct, **options
+    )

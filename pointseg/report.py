@@ -150,7 +150,7 @@ def write_report(
         if len(ranked) > 20:
             lines.append(f"| ... {len(ranked) - 20} more | | | |")
     if worst:
-        lines += ["", "## Worst scenes: ground truth | prediction | errors (red)", ""]
+        lines += ["", "## Worst scenes: ground truth | prediction | errors (magenta)", ""]
         for s, image in worst:
             rel = image.relative_to(run_dir) if image.is_relative_to(run_dir) else image
             lines += [f"### scene {s['scene']} (mIoU {_fmt(s['miou'])})", "", f"![]({rel})", ""]

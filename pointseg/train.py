@@ -49,13 +49,26 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
 
 
 class ValidateAtEnd(Callback):
-    """Validate after the last epoch too, whatever ``check_val_every_n_epoch`` says, so every
-    run ends with scores and a best checkpoint."""
+    """Validate after the last epoch too, whatever ``check_val_every_n_epoch`` says, and after
+    the last step of a run that ``trainer.max_steps`` stops mid-epoch, so every run ends with
+    scores and a best checkpoint."""
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         last = trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1
         if last and trainer.check_val_every_n_epoch is not None:
             trainer.check_val_every_n_epoch = 1
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
+    ) -> None:
+        if trainer.max_steps is None or trainer.max_steps < 0 or trainer.fast_dev_run:
+            return
+        if trainer.global_step >= trainer.max_steps and not trainer.should_stop:
+            # the loop ends after this batch without reaching the epoch's end: stopping here
+            # the Lightning way makes it validate first (as early stopping would)
+            if trainer.check_val_every_n_epoch is not None:
+                trainer.check_val_every_n_epoch = 1
+            trainer.should_stop = True
 
 
 def _warn_validation_schedule(cfg: DictConfig) -> None:

@@ -1,7 +1,7 @@
 """``pointseg-viz``: look at predictions next to the ground truth.
 
 Interactive (an Open3D window, ``pointseg.viz_window``; keys P prediction, G ground truth,
-E errors in red, C the scan's own colours) or headless with ``render=out.png``: Open3D's
+E errors (magenta), C the scan's own colours) or headless with ``render=out.png``: Open3D's
 ``OffscreenRenderer`` (Filament; on a machine without a GPU it runs on Mesa llvmpipe) draws
 each panel with the same auto-framed camera and matplotlib lays them out side by side with a
 legend. Where the offscreen renderer cannot start, a matplotlib scatter plot is drawn instead
@@ -28,8 +28,12 @@ _BASE = np.array([
     (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
 ], dtype=np.uint8)  # fmt: skip
 IGNORE_RGB = np.array([60, 60, 60], np.uint8)  # unlabelled ground-truth points
-RIGHT_RGB, WRONG_RGB = np.array([200, 200, 200], np.uint8), np.array([255, 0, 0], np.uint8)
-MODE_NAMES = {"pred": "prediction", "gt": "ground truth", "errors": "errors (red)",
+# the errors view: black right, magenta wrong, far (>= 100 in RGB) from every colour of the
+# fixed class palette and IGNORE_RGB, so no point of it reads as a class; unscored points faint
+RIGHT_RGB, WRONG_RGB = np.array([0, 0, 0], np.uint8), np.array([255, 0, 255], np.uint8)
+NOT_SCORED_RGB = np.array([225, 225, 225], np.uint8)  # ground truth ignored there
+ERROR_LEGEND = (("right", RIGHT_RGB), ("wrong", WRONG_RGB), ("not scored", NOT_SCORED_RGB))
+MODE_NAMES = {"pred": "prediction", "gt": "ground truth", "errors": "errors (magenta)",
               "color": "scan colours"}  # fmt: skip
 _renderers: dict[tuple[int, int], Any] = {}  # at most one: see _render_open3d
 _registered: list[bool] = []
@@ -54,9 +58,12 @@ def label_colors(labels: np.ndarray, colors: np.ndarray) -> np.ndarray:
 
 
 def error_colors(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """Grey where the prediction is right (or the truth is ignored), red where it is wrong."""
+    """Black where the prediction is right, magenta where it is wrong, faint grey where the
+    truth is ignored (not scored)."""
+    gt = np.asarray(gt).astype(np.int64)
     out = np.tile(RIGHT_RGB, (len(pred), 1))
     out[(gt >= 0) & (np.asarray(pred).astype(np.int64) != gt)] = WRONG_RGB
+    out[gt < 0] = NOT_SCORED_RGB
     return out
 
 
@@ -247,7 +254,9 @@ def compose(
         ax.set_title(title)
         ax.axis("off")
     if legend:
-        handles = [Patch(color=np.asarray(c) / 255.0, label=n) for n, c in legend]
+        # a dark edge on every swatch: light colours (not scored, pale classes) read on white
+        handles = [Patch(facecolor=np.asarray(c) / 255.0, edgecolor="0.2", linewidth=0.8,
+                         label=n) for n, c in legend]  # fmt: skip
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), frameon=False)
     if suptitle:
         fig.suptitle(suptitle)
@@ -292,11 +301,37 @@ def render_comparison(
     images, backend = render_views(coord[idx], sets, size=size, view=view, point_size=point_size)
     present = set(np.unique(pred[idx]).tolist()) | (set() if gt is None else set(gt[idx].tolist()))
     legend = [(n, colors[i]) for i, n in enumerate(class_names) if i in present]
+    if "errors" in panels and gt is not None:
+        legend += [(f"{name} (errors)", rgb) for name, rgb in ERROR_LEGEND]
     return compose(path, images, titles, legend, suptitle=title), backend
 
 
-def load_labels(path: str | Path, n: int) -> np.ndarray:
-    """(n,) int64 labels from ``.npy`` or a point file's label field (LAS: classification)."""
+def las_class_map(spec: Any, class_names: Sequence[str] | None, *, gt: str | Path) -> Any:
+    """The class map that turns a LAS ground truth's ASPRS codes into the model's classes:
+    ``spec`` (a preset, file or mapping, as ``pointseg-prepare las class_map=``), else
+    (``auto``/None) the preset whose classes are the model's (``asprs`` for ``data=las``).
+    Codes the map does not list read as ignore."""
+    from pointseg.io.las import PRESETS, load_class_map
+
+    if spec not in (None, "auto"):
+        return load_class_map(spec, unknown="ignore")
+    for name in PRESETS:
+        cmap = load_class_map(name, unknown="ignore")
+        if class_names is not None and list(cmap.names) == list(class_names):
+            log.info("gt=%s: ASPRS codes read through the %s class map", gt, name)
+            return cmap
+    raise ValueError(
+        f"gt={gt} holds ASPRS classification codes, and no class map preset has the model's "
+        f"classes {list(class_names or [])}: pass class_map=<the map the model's data was "
+        "prepared with> (a preset, a .yaml/.json file or an inline mapping)"
+    )
+
+
+def load_labels(
+    path: str | Path, n: int, *, class_names: Sequence[str] | None = None, class_map: Any = None
+) -> np.ndarray:
+    """(n,) int64 labels from ``.npy`` or a point file's label field; a LAS classification
+    goes through ``las_class_map(class_map, class_names)`` (codes are not class indices)."""
     from pointseg.io import read_points
 
     path = Path(path)
@@ -308,6 +343,9 @@ def load_labels(path: str | Path, n: int) -> np.ndarray:
         if key not in sample:
             raise ValueError(f"{path} holds no labels (no label field, no LAS classification)")
         labels = np.asarray(sample[key]).astype(np.int64)
+        if key == "classification":
+            cmap = las_class_map(class_map, class_names, gt=path)
+            labels = cmap.apply(labels, source=str(path))
     if labels.shape != (n,):
         raise ValueError(f"{path} has {labels.shape} labels for {n} points; wrong file pair?")
     return labels
@@ -339,6 +377,8 @@ def _stored_class_names(inp: Path, source: str | None) -> list[str] | None:
 
 def _load(cfg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str], Any]:
     """(coord, pred, gt, class names, scan colours) from the viz config."""
+    from omegaconf import OmegaConf
+
     from pointseg.io import read_ply_classes, read_points
 
     inp = Path(cfg.input)
@@ -356,13 +396,15 @@ def _load(cfg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str
         coord, pred = sample["coord"], sample["segment"]
         if names is None and inp.suffix.lower() == ".ply":
             names = read_ply_classes(inp)
-    gt = None
-    if cfg.get("gt"):
-        gt = load_labels(cfg.gt, len(coord))
-    elif source is not None and "segment" in source:
-        gt = source["segment"]
     if names is None:
         names = _stored_class_names(inp, cfg.get("source"))
+    gt = None
+    if cfg.get("gt"):
+        cmap = cfg.get("class_map")
+        cmap = OmegaConf.to_container(cmap) if OmegaConf.is_config(cmap) else cmap
+        gt = load_labels(cfg.gt, len(coord), class_names=names, class_map=cmap)
+    elif source is not None and "segment" in source:
+        gt = source["segment"]
     if names is None:
         top = int(max(pred.max(), -1 if gt is None else gt.max())) + 1
         names = [f"class {i}" for i in range(top)]

@@ -16,9 +16,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from pointseg.viz import (
+    ERROR_LEGEND,
     MODE_NAMES,
-    RIGHT_RGB,
-    WRONG_RGB,
     _camera,
     error_colors,
     label_colors,
@@ -60,8 +59,7 @@ def view_modes(
     modes = {"pred": Mode(MODE_NAMES["pred"], label_colors(pred, colors), classes(pred))}
     if gt is not None:
         modes["gt"] = Mode(MODE_NAMES["gt"], label_colors(gt, colors), classes(gt))
-        wrong = [("right", RIGHT_RGB), ("wrong", WRONG_RGB)]
-        modes["errors"] = Mode(MODE_NAMES["errors"], error_colors(pred, gt), wrong)
+        modes["errors"] = Mode(MODE_NAMES["errors"], error_colors(pred, gt), list(ERROR_LEGEND))
     if source_color is not None:
         rgb = np.asarray(source_color, np.float64)
         rgb = rgb / 255.0 if rgb.max(initial=0) > 1.0 else rgb  # 0-1 floats or 0-255 values

@@ -104,3 +104,60 @@ def test_quiet_third_party_drops_only_the_two_notices(caplog: pytest.LogCaptureF
         "another torch.fx warning",
         "GPU available: False",
     ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "shown"),
+    [
+        (["--help"], ["trainer.max_epochs=24", "trainer.max_steps=-1", "data.voxel_size=0.08",
+                      "data.batch_size=4", "data.train_dataset.num_scenes=48"]),
+        (["data=las", "--help"], ["trainer.max_epochs=24", "data.train_dataset.loop=1000",
+                                  "trainer.limit_train_batches=50", "data.train_dataset.root="]),
+    ],
+)  # fmt: skip
+def test_train_help_lists_the_trainer_and_data_options_people_change(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str],
+    shown: list[str],
+) -> None:  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["pointseg-train", *argv])
+    with pytest.raises(SystemExit) as stop:
+        run_hydra(lambda: None, "train")
+    out = capsys.readouterr().out
+    assert stop.value.code == 0
+    for key in shown:
+        assert f"\n  {key}" in out, key
+    lines = out.splitlines()
+    max_epochs = next(i for i, line in enumerate(lines) if line.startswith("  trainer.max_epochs="))
+    assert "epochs to train" in lines[max_epochs]  # with the comment of its yaml line
+    assert "_target_" not in out and "transforms" not in out  # not options people type
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["las", "--help"], ["las", "-h"]])
+def test_prepare_help_lists_the_las_options_with_their_meaning(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    from pointseg.prepare import main as prepare_main
+
+    with pytest.raises(SystemExit) as stop:
+        prepare_main(argv)
+    out = capsys.readouterr().out
+    assert stop.value.code == 0 and "usage: pointseg-prepare" in out
+    las = out.split("las options (key=value):")[1]
+    for line in ("split_by=tile", "block_size=50", "class_map=null", "unknown=null",
+                 "overlap=0", "hag_radius=2,5,15,30,60", "geometry_k=16"):  # fmt: skip
+        assert f"\n  {line}" in las, line
+    assert "x_median" in las and "ground_other" in las and "ignore (label -1)" in las
+    assert ("s3dis options" in out) == (argv == ["--help"])
+
+
+def test_every_prepare_option_has_a_help_line() -> None:
+    import importlib
+    import inspect
+
+    from pointseg.prepare import PREPARERS
+
+    for dataset, name in PREPARERS.items():
+        module = importlib.import_module(name)
+        params = inspect.signature(module.prepare).parameters
+        keywords = {k for k, p in params.items() if p.kind is p.KEYWORD_ONLY}
+        assert set(module.OPTIONS) == keywords - {"workers", "overwrite"}, dataset

@@ -185,12 +185,81 @@ def test_damaged_and_empty_tiles(tmp_path: Path, suffix: str) -> None:
         (tmp_path / "bad" / "cut.las").write_bytes(data[: start + 100 * size])
         with pytest.raises(PrepareError, match="truncated"):
             prepare(tmp_path / "bad", tmp_path / "out2")
+
+
+@pytest.mark.parametrize("suffix", ["las", "laz"])
+def test_a_0_point_tile_is_named_skipped_and_counted(
+    tmp_path: Path, suffix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import warnings
+
+    make_tile(tmp_path / "raw" / f"good.{suffix}", n=500)
     empty = laspy.LasData(laspy.LasHeader(point_format=1, version="1.2"))
-    (tmp_path / "empty").mkdir()
-    empty.write(tmp_path / "empty" / f"none.{suffix}")
-    with pytest.warns(UserWarning, match=f"none.{suffix} has 0 points"):
-        counts = prepare(tmp_path / "empty", tmp_path / "out3")
-    assert counts["scenes"] == 0 and not (tmp_path / "out3" / "none").exists()
+    empty.write(tmp_path / "raw" / f"none.{suffix}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no raw UserWarning inside the progress bar
+        prepare_main(["las", f"src={tmp_path / 'raw'}", f"dst={tmp_path / 'out'}"])
+    out, err = capsys.readouterr()
+    (line,) = [x for x in err.splitlines() if "none." in x]
+    assert line == f"skipping {tmp_path / 'raw' / f'none.{suffix}'}: it holds 0 points"
+    assert f"0-point tile(s) skipped: {tmp_path / 'raw' / f'none.{suffix}'}" in out
+    assert "'empty': 1" in out and "'prepared': 1" in out
+    assert not (tmp_path / "out" / "none").exists() and (tmp_path / "out" / "good").is_dir()
+
+
+def test_unlisted_codes_stop_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The docs' recipe (asprs map, unknown: error) on tiles of which the second holds IGN's
+    code 64: one line naming it, no half-prepared dst; the fixed command is not refused."""
+    make_tile(tmp_path / "raw" / "train" / "a.laz", n=600, codes=(2, 5, 6))
+    make_tile(tmp_path / "raw" / "train" / "b.laz", n=600, codes=(2, 6, 64), point_format=6)
+    make_tile(tmp_path / "raw" / "val" / "c.laz", n=600, codes=(2, 64), point_format=6, seed=2)
+    args = ["las", f"src={tmp_path / 'raw'}", f"dst={tmp_path / 'out'}", "split_by=folder"]
+    with pytest.raises(SystemExit) as stop:
+        prepare_main(args)
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1
+    assert "b.laz: 64 (" in err and "c.laz: 64 (" in err and "a.laz" not in err
+    assert "unknown=ignore" in err and not (tmp_path / "out").exists()
+    prepare_main([*args, "unknown=ignore"])  # not "prepared with other options"
+    assert sorted(p.name for p in (tmp_path / "out" / ".done").iterdir()) == ["a", "b", "c"]
+
+
+def test_a_tile_failing_mid_write_leaves_none_of_its_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pointseg.prepare.las as las_prep
+
+    make_tile(tmp_path / "raw" / "a.las", n=800)
+    dst = tmp_path / "out"
+    prepare(tmp_path / "raw", dst, block_size=40)
+    make_tile(tmp_path / "raw" / "b.las", n=800, seed=1)
+    calls: list[Path] = []
+
+    def failing(folder: Path, *args, **kwargs) -> None:
+        calls.append(folder)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        real_write(folder, *args, **kwargs)
+
+    real_write = las_prep.write_scene
+    monkeypatch.setattr(las_prep, "write_scene", failing)
+    with pytest.raises(OSError, match="disk full"):
+        prepare(tmp_path / "raw", dst, block_size=40)
+    assert not (dst / "b").exists() and not (dst / ".done" / "b").exists()
+    assert (dst / ".done" / "a").is_dir()  # the finished tile stays
+    monkeypatch.setattr(las_prep, "write_scene", real_write)
+    assert prepare(tmp_path / "raw", dst, block_size=40)["prepared"] == 1
+
+
+def test_real_ign_tiles_with_code_64_stop_before_writing(tmp_path: Path) -> None:
+    ign = SHARED_DATA / "real" / "ign"
+    if not ign.is_dir():
+        pytest.skip(f"{ign} is absent (the shared real data is not here)")
+    with pytest.raises(PrepareError, match="77055_627755.*64 \\(113 points\\)"):
+        prepare(ign, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_rerun_skips_and_refuses_other_options(tmp_path: Path) -> None:

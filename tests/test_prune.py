@@ -368,3 +368,35 @@ def test_a_method_of_ones_own_runs_through_the_pipeline(compose_cfg, tiny_ckpt: 
     assert result["method"] == "half-ramp" and result["finetune"] == "half ramp"
     net = build_net(load_checkpoint(result["pruned_ckpt"]))
     assert unstructured.weight_sparsity(net).fraction == pytest.approx(0.6, abs=1e-4)
+
+
+def test_las_model_finetunes_within_the_trained_runs_steps(compose_cfg, tmp_path: Path) -> None:
+    """data=las loops its blocks 1000 times: fine-tuning takes the trained run's epoch
+    (trainer.limit_train_batches) and at most its steps, not 1000 passes over the blocks."""
+    import hydra
+
+    from pointseg.prepare.las import prepare as prepare_las
+    from pointseg.prune.run import prune
+    from tests.test_prepare_las import make_tile
+
+    make_tile(tmp_path / "raw" / "tile.las", n=1500, codes=(2, 5, 6))
+    prepare_las(tmp_path / "raw", tmp_path / "data" / "las", split_by="x_median",
+                block_size=30, hag_radius="5,15")  # fmt: skip
+    data = [f"paths.data_dir={tmp_path / 'data'}", "data.feature_widths.hag=2"]
+    cfg = compose_cfg("train", ["data=las", *data, *TINY_NET[:3], "trainer.max_epochs=2",
+                                "trainer.limit_train_batches=3"])  # fmt: skip
+    torch.manual_seed(0)
+    module = hydra.utils.instantiate(cfg.model)
+    ckpt = save_checkpoint(
+        weights_checkpoint(module.state_dict(), OmegaConf.to_container(cfg, resolve=True)),
+        tmp_path / "las.ckpt",
+    )
+    datamodule = hydra.utils.instantiate(cfg.data)
+    assert len(datamodule.train_dataloader()) > 1000  # one pass of the looped blocks
+    result = prune(compose_cfg("prune", [
+        f"ckpt_path={ckpt}", "prune.epochs=6", "prune.sweep=[]", "report.latency_runs=1",
+        "report.latency_warmup=0", "progress=false", "report.enabled=false",
+    ]))  # fmt: skip
+    steps = result["finetune_steps"]
+    assert steps["steps_per_epoch"] == 3 and steps["trained_steps"] == 6  # 2 epochs x 3 steps
+    assert steps["planned"] == 6 and steps["done"] == 6  # 6 epochs x 3 steps, capped at 6

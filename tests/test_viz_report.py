@@ -127,3 +127,64 @@ def test_eval_with_tta_writes_report_and_worst_scene(compose_cfg, tmp_path: Path
     assert "test-time augmentation: on" in text and "worst_scenes/01_scene0.png" in text
     assert (run / "worst_scenes" / "01_scene0.png").is_file()
     assert (run / "confusion.png").is_file() and (run / "iou.png").is_file()
+
+
+def test_error_colours_cannot_be_taken_for_a_class_colour() -> None:
+    from pointseg.viz import _BASE, IGNORE_RGB, RIGHT_RGB, WRONG_RGB, error_colors
+
+    known = np.concatenate([_BASE, IGNORE_RGB[None]]).astype(float)  # every fixed colour
+    for rgb in (RIGHT_RGB, WRONG_RGB):
+        assert np.linalg.norm(known - rgb.astype(float), axis=1).min() >= 100, rgb
+    out = error_colors(np.array([0, 1, 2]), np.array([0, 2, -1]))
+    assert (out[0] == RIGHT_RGB).all() and (out[1] == WRONG_RGB).all()
+    assert not (out[2] == RIGHT_RGB).all()  # ignored truth: not scored, not "right"
+
+
+def _viz_cfg(tmp_path: Path, **kw) -> OmegaConf:
+    base = {"input": None, "gt": None, "source": None, "class_names": None, "class_map": "auto",
+            "render": str(tmp_path / "v.png"), "panels": ["gt", "pred", "errors"],
+            "width": SIZE[0], "height": SIZE[1], "view": "top", "point_size": 2.0,
+            "clip_top": 0.0, "max_points": 5000}  # fmt: skip
+    return OmegaConf.create({**base, **kw})
+
+
+def test_viz_reads_a_las_ground_truth_through_the_models_class_map(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The docs' `pointseg-viz input=<tile>.labels.npy source=<tile>.laz gt=<tile>.laz`: ASPRS
+    codes (here IGN's 64 too) become the model's classes, not class indices."""
+    import pointseg.viz as viz
+    from pointseg.io.las import PRESETS, load_class_map
+    from tests.test_prepare_las import make_tile
+
+    las = make_tile(tmp_path / "tile.laz", n=800, codes=(1, 2, 5, 6, 64), point_format=6)
+    codes = np.asarray(las.classification)
+    asprs = load_class_map("asprs", unknown="ignore")
+    truth = asprs.apply(codes)
+    pred = np.where(truth < 0, 0, truth)
+    pred[:100] = 4  # some wrong
+    out = tmp_path / "out"
+    write_npy(out / "tile.labels.npy", pred.astype(np.uint8))
+    names = list(PRESETS["asprs"]["classes"])
+    (out / "predict.json").write_text(json.dumps({"class_names": names}))
+    legends: list = []
+    real_compose = viz.compose
+    monkeypatch.setattr(
+        viz, "compose", lambda *a, **k: legends.append(a[3]) or real_compose(*a, **k)
+    )
+    cfg = _viz_cfg(tmp_path, input=str(out / "tile.labels.npy"), source=str(tmp_path / "tile.laz"),
+                   gt=str(tmp_path / "tile.laz"))  # fmt: skip
+    assert visualize(cfg) == tmp_path / "v.png"
+    _, _, gt, got_names, _ = viz._load(cfg)
+    assert got_names == names and np.array_equal(gt, truth)
+    assert (gt[codes == 64] == -1).all() and (gt[codes == 6] == names.index("building")).all()
+    assert [n for n, _ in legends[0][-3:]] == ["right (errors)", "wrong (errors)",
+                                               "not scored (errors)"]  # fmt: skip
+    # a model of other classes: its map named on the command line, or one line asking for it
+    two = _viz_cfg(tmp_path, input=str(out / "tile.labels.npy"), gt=str(tmp_path / "tile.laz"),
+                   source=str(tmp_path / "tile.laz"), class_names=["ground", "other"],
+                   class_map="ground_other")  # fmt: skip
+    _, _, gt2, _, _ = viz._load(two)
+    assert np.array_equal(gt2, load_class_map("ground_other", unknown="ignore").apply(codes))
+    with pytest.raises(ValueError, match="class_map="):
+        viz._load(OmegaConf.merge(two, {"class_map": "auto", "class_names": ["a", "b"]}))

@@ -110,7 +110,7 @@ def test_window_shows_classes_hides_ceiling_and_keys_switch_modes(tmp_path: Path
         assert _share(img, colors[0]) > 0.01 and _share(img, colors[1]) > 0.01
         assert _share(img, colors[2]) < 0.001  # the ceiling is clipped (clip_top=auto)
 
-        for key, title in (("g", "ground truth"), ("e", "errors (red)"), ("c", "scan colours"),
+        for key, title in (("g", "ground truth"), ("e", "errors (magenta)"), ("c", "scan colours"),
                            ("p", "prediction")):  # fmt: skip
             _xdotool(display, "windowfocus", "--sync", wid, "key", key)
             assert _wait_title(display, wid, f"pointseg-viz: {title}") == f"pointseg-viz: {title}"
@@ -118,7 +118,7 @@ def test_window_shows_classes_hides_ceiling_and_keys_switch_modes(tmp_path: Path
                 red, deadline = 0.0, time.time() + 10
                 while red <= 0.005 and time.time() < deadline:
                     time.sleep(0.5)
-                    red = _share(_screenshot(display), np.array([255, 0, 0]))
+                    red = _share(_screenshot(display), np.array([255, 0, 255]))  # wrong: magenta
                 assert red > 0.005
         # Q right after a switch (whose extra frames are still pending) closes the window
         _xdotool(display, "windowfocus", "--sync", wid, "key", "g")

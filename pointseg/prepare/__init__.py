@@ -32,17 +32,66 @@ def parse_value(text: str) -> object:
     return text
 
 
+def dataset_help(dataset: str) -> str:
+    """The key=value options of one preparer, each with its default and meaning (the module's
+    ``OPTIONS``; defaults from its ``prepare`` signature)."""
+    import inspect
+    import textwrap
+
+    module = importlib.import_module(PREPARERS[dataset])
+    params = inspect.signature(module.prepare).parameters
+    lines = [f"{dataset} options (key=value):"]
+    for name, meaning in getattr(module, "OPTIONS", {}).items():
+        default = params[name].default
+        if isinstance(default, tuple):
+            shown = ",".join(f"{v:g}" for v in default)
+        elif default is None or isinstance(default, bool):
+            shown = {None: "null", True: "true", False: "false"}[default]
+        else:
+            shown = default
+        left = f"  {name}={shown}"
+        if len(left) > 30:
+            lines.append(left)
+            left = ""
+        lines.append(
+            textwrap.fill(meaning, 100, initial_indent=f"{left:<32}", subsequent_indent=" " * 32)
+        )
+    doc = f"docs/datasets/{dataset}.md"
+    lines.append(f"  (see {doc} in the pointseg repository)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "-h" in argv or "--help" in argv:
+        chosen = [a for a in argv if a in PREPARERS]
+        print(_parser().format_help().rstrip())
+        for dataset in chosen or sorted(PREPARERS):
+            print("\n" + dataset_help(dataset))
+        sys.exit(0)
+    ap = _parser()
+    args = ap.parse_args(argv)
+    _run(ap, args)
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="pointseg-prepare",
         description="Convert a dataset's raw release into pointseg scene folders.",
-        epilog="example: pointseg-prepare s3dis src=Stanford3dDataset_v1.2 dst=data/s3dis",
+        epilog="examples: pointseg-prepare s3dis src=Stanford3dDataset_v1.2 dst=data/s3dis; "
+        "pointseg-prepare las src=tiles/ dst=data/las split_by=folder. "
+        "pointseg-prepare <dataset> --help lists that dataset's options.",
     )
     ap.add_argument("dataset", choices=sorted(PREPARERS))
-    ap.add_argument("options", nargs="*", help="src=PATH dst=PATH and dataset options key=value")
+    ap.add_argument(
+        "options", nargs="*", help="src=PATH dst=PATH and the dataset's options key=value (below)"
+    )
     ap.add_argument("--workers", type=int, default=1, help="scenes converted in parallel")
     ap.add_argument("--overwrite", action="store_true", help="redo scenes that exist")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _run(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     opts: dict[str, object] = {}
     for item in args.options:
         if "=" not in item:

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import tempfile
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,12 +35,35 @@ import numpy as np
 
 from pointseg.data.scenes import write_scene
 from pointseg.io import read_points
-from pointseg.io.las import load_class_map
+from pointseg.io.las import ClassMap, load_class_map
 from pointseg.prepare.common import PrepareError, SceneJob, run_jobs
 from pointseg.utils import public_mode
 
 SPLIT_MODES = ("tile", "folder", "x_median")
 DONE = ".done"
+# key=value options of ``pointseg-prepare las`` and what they mean (its --help prints them with
+# the defaults of ``prepare``; docs/datasets/las.md has the long form)
+OPTIONS = {
+    "split_by": "tile: dst/<tile>/block_<i>_<j>/ (splits are tile names); folder: the first "
+    "folder below src is the split (src/train/*.laz, src/val/*.laz; evaluation tiles whole); "
+    "x_median: each tile's west half to train/, east half to val/",
+    "block_size": "block side in the files' horizontal units (metres or feet); 0 keeps a tile "
+    "(or half tile) whole",
+    "overlap": "widen training blocks by this margin on each side (points then repeat)",
+    "class_map": "ASPRS codes -> classes: a preset (asprs, the default; ground_other), a "
+    ".yaml/.json file or an inline mapping such as class_map='{ground: [2], other: [1]}'",
+    "unknown": "codes the class map does not list: error (stop before writing anything, naming "
+    "the tiles and codes), ignore (label -1) or other (the class named other); default: the "
+    "map's own (error for asprs)",
+    "color": "auto: write color when the tiles have non-zero RGB; true: require it; false: never",
+    "color_scale": "RGB divisor to [0, 1]: auto (255 or 65535 from the tile's maximum) or a number",
+    "intensity_scale": "intensity divisor: pNN (the tile's NN-th percentile, then clipped to "
+    "[0, 2]), auto, or a number",
+    "hag": "write hag (N, K): height above the lowest point within each radius of hag_radius",
+    "hag_cell": "grid cell of the hag search, in file units",
+    "hag_radius": "radii of the hag columns, a number or a comma list such as 2,5,15,30,60",
+    "geometry_k": "write geom (N, 4) eigen features of the k nearest neighbours; 0: off",
+}
 
 
 def find_tiles(src: Path) -> list[Path]:
@@ -126,6 +149,15 @@ def prepare(
     }
     tiles = find_tiles(src)
     folders = [_split_folder(src, t) if split_by == "folder" else "" for t in tiles]
+    # every tile's header and codes before anything is written: a tile that cannot be
+    # labelled stops the run with nothing half-prepared in dst, a 0-point tile is skipped
+    todo = [t for t in tiles if overwrite or not (dst / DONE / t.stem).is_dir()]
+    empty = check_tiles(todo, cmap)
+    for tile in empty:
+        print(f"skipping {tile}: it holds 0 points", file=sys.stderr)
+    folders = [f for t, f in zip(tiles, folders, strict=True) if t not in empty]
+    tiles = [t for t in tiles if t not in empty]
+    existed = dst.exists()
     _check_options(dst, options, overwrite=overwrite)
     jobs = [
         SceneJob(
@@ -142,11 +174,68 @@ def prepare(
         )
         for t, f in zip(tiles, folders, strict=True)
     ]
-    counts = run_jobs(
-        jobs, convert_tile, dst=dst, workers=workers, overwrite=overwrite, desc="LAS tiles"
-    )
+    try:
+        counts = run_jobs(
+            jobs, convert_tile, dst=dst, workers=workers, overwrite=overwrite, desc="LAS tiles"
+        )
+    except BaseException:
+        if not existed:  # a failed first run leaves no dst behind (no tile got finished)
+            _remove_if_unfinished(dst)
+        raise
     counts["scenes"] = sum(len(_read_done(j.output)["scenes"]) for j in jobs)
+    counts["empty"] = len(empty)
+    if empty:
+        print(f"0-point tile(s) skipped: {', '.join(str(t) for t in empty)}")
     return counts
+
+
+def check_tiles(tiles: Sequence[Path], cmap: ClassMap) -> list[Path]:
+    """Read every tile's header and, when the class map stops at unlisted codes, its codes;
+    raise one ``PrepareError`` naming every tile that cannot be prepared. Returns the tiles
+    with 0 points."""
+    import laspy
+
+    empty, unlisted = [], []
+    for tile in tiles:
+        if _point_count(tile) == 0:
+            empty.append(tile)
+            continue
+        if cmap.unknown != "error":
+            continue
+        codes: dict[int, int] = {}
+        try:
+            # LAS 1.4 point formats 6-10 in LAZ decompress the classification layer alone
+            only = laspy.DecompressionSelection.XY_RETURNS_CHANNEL
+            only |= laspy.DecompressionSelection.CLASSIFICATION
+            with laspy.open(tile, decompression_selection=only) as reader:
+                for chunk in reader.chunk_iterator(2_000_000):
+                    values, counts = np.unique(np.asarray(chunk.classification), return_counts=True)
+                    for v, c in zip(values.tolist(), counts.tolist(), strict=True):
+                        codes[v] = codes.get(v, 0) + c
+        except Exception as err:  # laspy and lazrs raise their own types
+            raise PrepareError(
+                f"cannot read {tile}: {err}; the file is truncated or not a LAS/LAZ file "
+                "(re-download or re-export it)"
+            ) from err
+        bad = {v: c for v, c in sorted(codes.items()) if v not in cmap.codes}
+        if bad:
+            listing = ", ".join(f"{v} ({c} points)" for v, c in bad.items())
+            unlisted.append(f"{tile}: {listing}")
+    if unlisted:
+        raise PrepareError(
+            f"{len(unlisted)} tile(s) hold codes the class map does not list, so nothing was "
+            f"written: {'; '.join(unlisted)}. List them in the class map, or pass "
+            "unknown=ignore (label -1) or unknown=other"
+        )
+    return empty
+
+
+def _remove_if_unfinished(dst: Path) -> None:
+    """Remove what a failed run wrote into a ``dst`` it created, unless a tile got finished."""
+    done = dst / DONE
+    if done.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in done.iterdir()):
+        return
+    shutil.rmtree(dst, ignore_errors=True)
 
 
 def _radii(value: float | str | Sequence[float]) -> list[float]:
@@ -228,8 +317,7 @@ def convert_tile(job: SceneJob) -> None:
     opts, path = job.options, job.inputs[0]
     dst, stem = Path(opts["dst"]), path.stem
     feature_options = feature_options_of(opts)  # las_features(tile, **feature_options)
-    if _point_count(path) == 0:
-        warnings.warn(f"{path} has 0 points; no scene written for it", stacklevel=2)
+    if _point_count(path) == 0:  # prepare() skips these; a direct call records no scene
         _write_done(job.output, {"source": str(path), "points": 0, "scenes": []})
         return
     try:
@@ -283,15 +371,36 @@ def convert_tile(job: SceneJob) -> None:
         "reader": {"las": feature_options},
         "feature_options": feature_options,
     }
-    written = []
+    written: list[str] = []
+    new: list[Path] = []  # the folders this call writes, removed again if it fails
+    try:
+        _write_blocks(dst, groups, local, bs, origin, segment, features, tile, base_meta,
+                      overwrite=bool(opts["overwrite"]), written=written, new=new)  # fmt: skip
+    except BaseException:
+        for folder in new:  # no tile is left half-written
+            shutil.rmtree(folder, ignore_errors=True)
+        for parent in {f.parent for f in new} - {dst}:  # split_by=tile: dst/<tile>/
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+        raise
+    _write_done(job.output, {"source": str(path), "points": n, "scenes": written})
+
+
+def _write_blocks(
+    dst: Path, groups: list, local: np.ndarray, bs: float, origin: np.ndarray,
+    segment: np.ndarray, features: dict[str, np.ndarray], tile: dict[str, Any],
+    base_meta: dict[str, Any], *, overwrite: bool, written: list[str], new: list[Path],
+) -> None:  # fmt: skip
+    """Write each group's blocks as scenes (appending to ``written`` and ``new``)."""
     for split, pattern, members, margin in groups:
         blocks = block_members(local[members, :2], block_size=bs, overlap=margin)
         for (i, j), rows in blocks.items():
             idx = members[rows]  # (n,) rows of the source file
             folder = dst / split / pattern.format(i, j)
             written.append(str(folder.relative_to(dst)))
-            if folder.is_dir() and not opts["overwrite"]:
+            if folder.is_dir() and not overwrite:
                 continue  # finished by an interrupted run with the same options
+            new.append(folder)
             corner = np.array([i * bs, j * bs, 0.0])
             arrays = {
                 "coord": (local[idx] - corner).astype(np.float32),  # (n, 3)
@@ -310,7 +419,6 @@ def convert_tile(job: SceneJob) -> None:
                 "code_counts": {int(c): int(k) for c, k in zip(codes, counts, strict=True)},
             }
             write_scene(folder, arrays, meta)
-    _write_done(job.output, {"source": str(path), "points": n, "scenes": written})
 
 
 def feature_options_of(opts: dict[str, Any]) -> dict[str, Any]:

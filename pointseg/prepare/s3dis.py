@@ -47,6 +47,13 @@ CLUTTER = CLASS_NAMES.index("clutter")
 ALIASES = {"stairs": CLUTTER}
 
 
+# key=value options of ``pointseg-prepare s3dis`` (printed by its --help)
+OPTIONS = {
+    "max_bad_lines": "annotation lines that fail to parse (Area_5 has a known corrupt one) "
+    "tolerated per room before the run stops",
+}
+
+
 def prepare(
     src: Path, dst: Path, *, workers: int = 1, overwrite: bool = False, max_bad_lines: int = 10
 ) -> dict[str, int]:

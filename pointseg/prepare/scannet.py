@@ -42,6 +42,15 @@ LABEL_MAP = "scannetv2-labels.combined.tsv"
 UNLABELLED_SPLITS = ("test",)  # the benchmark's hidden test scenes come without annotations
 
 
+# key=value options of ``pointseg-prepare scannet`` (printed by its --help)
+OPTIONS = {
+    "labels": "label set: scannet20 (the benchmark's 20 classes) or scannet200",
+    "splits": "a folder of <split>.txt scene lists (train, val, test); default: the official "
+    "lists shipped with pointseg",
+    "label_map": f"the {LABEL_MAP} of a raw release (default: the one in src)",
+}
+
+
 def prepare(
     src: Path,
     dst: Path,

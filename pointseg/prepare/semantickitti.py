@@ -36,6 +36,12 @@ INDEX_FORMAT = 1
 ENET_C = 1.02  # the constant of the inverse log frequency weights
 
 
+# key=value options of ``pointseg-prepare semantickitti`` (printed by its --help)
+OPTIONS = {
+    "sequences": "sequences to check and index, e.g. sequences=00,08 (default: all)",
+}
+
+
 def inverse_log_weights(freq: Sequence[float] | np.ndarray, *, c: float = ENET_C) -> np.ndarray:
     """Class weights ``1 / ln(c + f_k)`` (ENet's inverse log frequency), scaled to mean 1.
 

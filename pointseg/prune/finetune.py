@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 from tqdm import tqdm
+
+from pointseg.lit_module import one_cycle_lr
 
 
 def finetune(
@@ -27,19 +30,23 @@ def finetune(
     run_dir: str | Path,
     trainer_cfg: Mapping[str, Any],
     progress: bool = True,
-) -> None:
+    steps_per_epoch: int | None = None,
+    max_steps: int = -1,
+) -> int:
     """``epochs`` epochs of Lightning training with the checkpoint's optimizer (``optimizer``:
     its config) at peak learning rate ``lr`` on a one-cycle schedule, without validation (the
-    caller scores the result). Metrics go to ``<run_dir>/csv/<stage>/metrics.csv``."""
-    if epochs <= 0:
-        return
+    caller scores the result); an epoch is ``steps_per_epoch`` batches (None: the whole
+    loader) and the run stops after ``max_steps`` (-1: no limit). Metrics go to
+    ``<run_dir>/csv/<stage>/metrics.csv``. Returns the optimizer steps taken."""
+    if epochs <= 0 or max_steps == 0:
+        return 0
     from pytorch_lightning.callbacks import TQDMProgressBar
 
     opt_cfg = OmegaConf.to_container(OmegaConf.create(dict(optimizer)), resolve=True)
     opt_cfg["lr"] = lr
     module.optimizer_factory = hydra.utils.instantiate(opt_cfg)
     module.scheduler_factory = functools.partial(
-        torch.optim.lr_scheduler.OneCycleLR,
+        one_cycle_lr,
         max_lr=lr,
         pct_start=0.1,
         div_factor=10.0,
@@ -50,6 +57,8 @@ def finetune(
         devices=1,
         precision=trainer_cfg.get("precision", "32-true"),
         max_epochs=epochs,
+        max_steps=max_steps,
+        limit_train_batches=steps_per_epoch,
         logger=pl.loggers.CSVLogger(Path(run_dir), name="csv", version=stage),
         enable_checkpointing=False,
         enable_model_summary=False,
@@ -61,12 +70,16 @@ def finetune(
         default_root_dir=str(run_dir),
     )
     trainer.fit(module, datamodule=datamodule)
+    return int(trainer.global_step)
 
 
 @torch.no_grad()
-def recalibrate_bn(module: nn.Module, loader: Any, *, progress: bool = False) -> int:
+def recalibrate_bn(
+    module: nn.Module, loader: Any, *, progress: bool = False, max_batches: int | None = None
+) -> int:
     """Recompute every BatchNorm's running mean/var as the plain average over ``loader``
-    (train-mode forward passes, no gradient, weights untouched). Returns the batch count.
+    (its first ``max_batches`` batches; train-mode forward passes, no gradient, weights
+    untouched). Returns the batch count.
 
     Pruning changes what each BN sees, but its running statistics, averaged with a small
     momentum, still mostly describe the weights before pruning; evaluated with those, a
@@ -83,7 +96,10 @@ def recalibrate_bn(module: nn.Module, loader: Any, *, progress: bool = False) ->
     module.train()
     n = 0
     try:
-        for batch in tqdm(loader, desc="BN recalibration", disable=not progress, leave=False):
+        batches = loader if max_batches is None else itertools.islice(loader, max_batches)
+        total = None if max_batches is None else min(max_batches, len(loader))
+        for batch in tqdm(batches, desc="BN recalibration", total=total, disable=not progress,
+                          leave=False):  # fmt: skip
             module(batch)
             n += 1
     finally:

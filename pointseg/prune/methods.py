@@ -25,6 +25,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pointseg.prune import structured, unstructured
+from pointseg.prune.budget import FinetuneBudget
 
 Fit = Callable[..., None]  # fit(module, callbacks, *, epochs, stage)
 Evaluate = Callable[[Any], float]  # val mIoU of a module
@@ -36,7 +37,7 @@ class PruneContext:
 
     dense: Any  # the checkpoint's LightningModule
     stored: DictConfig  # the checkpoint's run config
-    steps_per_epoch: int
+    budget: FinetuneBudget  # the trained run's epoch length and step count
     fit: Fit
     evaluate: Evaluate
     recalibrate: Callable[[Any, str], None]  # fresh BN statistics, then a trajectory point
@@ -99,6 +100,11 @@ class PruneMethod:
         if not float(self.lr) > 0:
             raise ValueError(f"prune.lr must be > 0, got {self.lr!r}")
 
+    @property
+    def finetune_epochs(self) -> int:
+        """Epochs of all the method's fine-tuning stages together."""
+        return int(self.epochs) + int(getattr(self, "recover_epochs", 0))
+
     def check_model(self, stored: DictConfig, where: str) -> None:
         """Raise when the checkpoint's network cannot be pruned this way."""
 
@@ -149,7 +155,7 @@ class MagnitudePruning(PruneMethod):
 
     def prune_and_finetune(self, ctx: PruneContext, one_shot: Any) -> Any:
         module = fresh_copy(ctx.dense, ctx.stored)
-        steps = self.epochs * ctx.steps_per_epoch
+        steps = ctx.budget.steps(self.epochs)
         cb = unstructured.MaskedFineTuning(
             final=self.amount, ramp_steps=int(self.ramp * steps), update_every=self.update_every
         )
@@ -214,6 +220,11 @@ class ChannelPruning(PruneMethod):
         super().__post_init__()
         if self.criterion not in ("bn", "l1"):
             raise ValueError(f"prune.criterion must be bn or l1, got {self.criterion!r}")
+
+    @property
+    def finetune_epochs(self) -> int:
+        """Epochs of all the method's fine-tuning stages together."""
+        return int(self.epochs) + int(getattr(self, "recover_epochs", 0))
 
     def check_model(self, stored: DictConfig, where: str) -> None:
         if stored.model.net.get("_target_") != "pointseg.models.sparse_unet.SparseUNet":

@@ -30,6 +30,7 @@ from pointseg.checkpoint import (
 from pointseg.data.collate import collate
 from pointseg.guards import guard_task
 from pointseg.prune import measure, unstructured
+from pointseg.prune.budget import finetune_budget
 from pointseg.prune.finetune import finetune, recalibrate_bn
 from pointseg.prune.methods import PruneContext, PruneMethod
 from pointseg.prune.report import write_prune_report
@@ -81,24 +82,45 @@ def prune(cfg: DictConfig) -> dict[str, Any]:
     log.info("dense val mIoU %.4f; one-shot %s", dense_miou, sweep)
 
     # --- prune + fine-tune -------------------------------------------------------------
+    # the trained run's own step budget: its epoch (limit_train_batches of a looped dataset)
+    # and its length; fine-tuning never plans more steps than the model was trained for
+    trained = dict(OmegaConf.to_container(stored.get("trainer") or {}, resolve=True))
+    if cfg.trainer.get("limit_train_batches") is not None:
+        trained["limit_train_batches"] = cfg.trainer.limit_train_batches
+    budget = finetune_budget(trained, len(datamodule.train_dataloader()))
+    planned = budget.steps(method.finetune_epochs)
+    log.info(
+        "fine-tuning: %d epoch(s) of %d steps, at most %d steps in all (the trained run's "
+        "budget: %d steps)", method.finetune_epochs, budget.steps_per_epoch, planned,
+        budget.trained_steps,
+    )  # fmt: skip
+    steps_done: list[int] = []
+
     def fit(module: Any, callbacks: list, *, epochs: int, stage: str) -> None:
-        finetune(
+        steps = min(budget.steps(epochs), budget.trained_steps - sum(steps_done))
+        if steps <= 0:
+            log.warning("fine-tuning stage %s skipped: the trained run's %d steps are spent",
+                        stage, budget.trained_steps)  # fmt: skip
+            return
+        done = finetune(
             module, datamodule, callbacks, optimizer=stored.model.optimizer, lr=float(method.lr),
             epochs=epochs, stage=stage, run_dir=run_dir, trainer_cfg=cfg.trainer,
-            progress=progress,
+            progress=progress, steps_per_epoch=budget.steps_per_epoch, max_steps=steps,
         )  # fmt: skip
+        steps_done.append(done)
 
     def recalibrate(module: Any, stage: str) -> None:
         """Fresh BatchNorm statistics of the pruned weights (the running averages still hold
         those of the weights before pruning), then the val score."""
         if not cfg.get("recalibrate_bn", True):
             return
-        recalibrate_bn(module, datamodule.train_dataloader(), progress=progress)
+        recalibrate_bn(module, datamodule.train_dataloader(), progress=progress,
+                       max_batches=budget.steps_per_epoch)  # fmt: skip
         ctx.record(stage, module, method.sparsity(module, amount))
 
     trajectory: list[dict[str, Any]] = []
     ctx = PruneContext(
-        dense=dense, stored=stored, steps_per_epoch=len(datamodule.train_dataloader()),
+        dense=dense, stored=stored, budget=budget,
         fit=fit, evaluate=evaluate, recalibrate=recalibrate, trajectory=trajectory,
     )  # fmt: skip
     module = method.prune_and_finetune(ctx, before_module)
@@ -172,6 +194,12 @@ def prune(cfg: DictConfig) -> dict[str, Any]:
         "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
         "source_size_bytes": Path(cfg.ckpt_path).stat().st_size,
         "finetune": method.describe(),
+        "finetune_steps": {
+            "planned": planned,
+            "done": sum(steps_done),
+            "steps_per_epoch": budget.steps_per_epoch,
+            "trained_steps": budget.trained_steps,
+        },
         "dense": summary(dense, dense_miou, 0.0, dense_size, lat["dense"]),
         "before": summary(before_module, before["miou"], before["sparsity"], None, None),
         "after": summary(module, after_miou, sparsity_after, final_size, lat["pruned"]),

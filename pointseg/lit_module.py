@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from pointseg.checkpoint import plain
 from pointseg.guards import check_labels
 from pointseg.metrics import ConfusionMatrix, SegmentationScores, scores
-from pointseg.models.sparse_unet import has_point_branch
+from pointseg.models.sparse_unet import forward_batch
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -95,16 +95,7 @@ class SegmentationModule(pl.LightningModule):
     def forward(self, batch: dict[str, Any]) -> Tensor:
         """Point logits ``(N, K)`` for the points indexed by ``batch['inverse']``: the point
         branch's own (with ``batch['point_feat']``), or each point's voxel logits."""
-        if has_point_branch(self.net) and "point_feat" not in batch:
-            raise ValueError(
-                "model.net.point_channels > 0 (a point branch) needs per-point inputs: set "
-                "point_features: true on the Voxelize of data.train_transforms and "
-                "data.val_transforms"
-            )
-        return self.net(
-            batch["feat"], batch["indices"], batch["batch_size"],
-            inverse=batch["inverse"], point_feat=batch.get("point_feat"),
-        )  # fmt: skip
+        return forward_batch(self.net, batch)
 
     def model_step(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         # CrossEntropy would fail deep inside (or, on a GPU, with a device-side assert)

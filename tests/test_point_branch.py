@@ -128,3 +128,39 @@ def test_tta_turns_the_point_inputs() -> None:
         {"coord": coord, "color": color}
     )
     np.testing.assert_allclose(other.probs.sum(1), 1.0, atol=1e-5)
+
+
+def test_structured_pruning_keeps_the_point_branch_function() -> None:
+    """Channel pruning plans the point branch's two layers too: the smaller network computes
+    what the network with those channels zeroed computes, point by point."""
+    import copy
+
+    import hydra
+
+    from pointseg.prune import structured
+
+    torch.manual_seed(5)
+    cfg = {"_target_": "pointseg.models.sparse_unet.SparseUNet", "in_channels": 3,
+           "num_classes": 3, "point_channels": 12, **TINY}  # fmt: skip
+    net = hydra.utils.instantiate(cfg)
+    for m in net.modules():  # non-trivial BN scales, so the ranking means something
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.weight.data.uniform_(0.2, 1.5)
+    net.eval()
+    plan = structured.channel_plan(net)
+    assert {"point_mid", "point"} <= set(plan.groups)
+    keep = structured.select_channels(structured.channel_scores(net, plan), 0.5)
+    small, small_cfg = structured.prune_channels(net, cfg, keep)
+    assert small_cfg["widths"]["point"] == small_cfg["widths"]["point_mid"] == 6
+    assert small.point_channels == 6 and small.head.in_features == 4 + 6
+    reference = copy.deepcopy(net)
+    structured.zero_channels(reference, plan, keep)
+    s = _scene()
+    batch = collate([Voxelize(voxel_size=1.0, feat_keys=["color"], point_features=True)(s)])
+    args = (batch["feat"], batch["indices"], 1)
+    kw = {"inverse": batch["inverse"], "point_feat": batch["point_feat"]}
+    with torch.no_grad():
+        torch.testing.assert_close(small.eval()(*args, **kw), reference(*args, **kw),
+                                   rtol=1e-5, atol=1e-5)  # fmt: skip
+    rebuilt = hydra.utils.instantiate(small_cfg)
+    rebuilt.load_state_dict(small.state_dict())

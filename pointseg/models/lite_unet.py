@@ -154,7 +154,9 @@ class LiteUNet(UNetSkeleton):
         point_channels: int = 0,
     ) -> None:
         super().__init__()
-        w = unet_widths(in_channels, num_classes, stem_channels, channels, layers, widths)
+        w = unet_widths(
+            in_channels, num_classes, stem_channels, channels, layers, widths, point_channels
+        )
         for name, k in (("stem_kernel", stem_kernel), ("kernel", kernel)):
             if k < 1 or k % 2 == 0:
                 raise ValueError(f"{name} must be odd (centred on the voxel), got {k}")
@@ -170,5 +172,5 @@ class LiteUNet(UNetSkeleton):
         self.build(
             in_channels, num_classes, w,
             stem_conv=subm_conv3d(in_channels, w["stem"], stem_kernel, indice_key=stem_key),
-            stack=stack, dropout=dropout, bn_momentum=bn_momentum, point_channels=point_channels,
+            stack=stack, dropout=dropout, bn_momentum=bn_momentum,
         )  # fmt: skip

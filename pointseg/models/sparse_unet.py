@@ -67,7 +67,7 @@ def _check_config(channels: Sequence[int], layers: Sequence[int]) -> tuple[tuple
     return channels, layers
 
 
-WIDTH_KEYS = ("stem", "down", "enc_mid", "up", "dec", "dec_mid")
+WIDTH_KEYS = ("stem", "down", "enc_mid", "up", "dec", "dec_mid", "point_mid", "point")
 
 
 def resolve_widths(
@@ -75,13 +75,16 @@ def resolve_widths(
     channels: Sequence[int],
     layers: Sequence[int],
     widths: Mapping[str, Any] | None = None,
+    point_channels: int = 0,
 ) -> dict[str, Any]:
     """Every layer width of the network, as plain ints and lists.
 
     ``stem``: stem output; ``down[i]``: encoder stage i (strided conv and its residual blocks);
     ``enc_mid[i][b]``: inner width of block b of encoder stage i; ``up[j]``: inverse conv of
-    decoder stage j; ``dec[j]``: decoder stage j output; ``dec_mid[j][b]``: inner widths.
-    Keys missing from ``widths`` take the defaults of ``stem_channels`` and ``channels``.
+    decoder stage j; ``dec[j]``: decoder stage j output; ``dec_mid[j][b]``: inner widths;
+    ``point_mid`` / ``point``: the point branch's two layers (0 without a branch).
+    Keys missing from ``widths`` take the defaults of ``stem_channels``, ``channels`` and
+    ``point_channels``.
     """
     n = len(channels) // 2
     out: dict[str, Any] = {
@@ -91,13 +94,17 @@ def resolve_widths(
         "up": list(channels[n:]),
         "dec": list(channels[n:]),
         "dec_mid": [[int(c)] * layers[n + j] for j, c in enumerate(channels[n:])],
+        "point_mid": int(point_channels),
+        "point": int(point_channels),
     }
     given = dict(widths or {})
+    if point_channels == 0 and any(int(given.get(k) or 0) for k in ("point_mid", "point")):
+        raise ValueError("model.net.widths sets point branch widths but point_channels is 0")
     unknown = sorted(set(given) - set(WIDTH_KEYS))
     if unknown:
         raise ValueError(f"model.net.widths: unknown key(s) {unknown}; known: {list(WIDTH_KEYS)}")
     for key, value in given.items():
-        if key == "stem":
+        if key in ("stem", "point_mid", "point"):
             out[key] = int(value)
         elif key in ("enc_mid", "dec_mid"):
             value = [[int(c) for c in stage] for stage in value]
@@ -114,6 +121,8 @@ def resolve_widths(
             out[key] = value
     flat = [out["stem"], *out["down"], *out["up"], *out["dec"]]
     flat += [c for key in ("enc_mid", "dec_mid") for stage in out[key] for c in stage]
+    if point_channels:
+        flat += [out["point_mid"], out["point"]]
     if any(c < 1 for c in flat):
         raise ValueError(f"model.net.widths must all be positive, got {out}")
     return out
@@ -126,12 +135,15 @@ def unet_widths(
     channels: Sequence[int],
     layers: Sequence[int],
     widths: Mapping[str, Any] | None,
+    point_channels: int = 0,
 ) -> dict[str, Any]:
     """Check a U-Net's size options and resolve its widths (``resolve_widths``)."""
     channels, layers = _check_config(channels, layers)
     if in_channels < 1 or num_classes < 1 or stem_channels < 1:
         raise ValueError("in_channels, num_classes and stem_channels must be positive")
-    return resolve_widths(stem_channels, channels, layers, widths)
+    if point_channels < 0:
+        raise ValueError(f"point_channels must be >= 0 (0: none), got {point_channels}")
+    return resolve_widths(stem_channels, channels, layers, widths, point_channels)
 
 
 # stack(in_channels, out_channels, mid_widths, level) -> the blocks of one encoder or decoder
@@ -196,8 +208,10 @@ class UNetSkeleton(nn.Module):
             prev = out
 
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.point_channels = int(point_channels)
-        self.point_mlp = point_mlp(in_channels + POINT_EXTRA, point_channels, bn_momentum)
+        self.point_channels = int(w.get("point", 0))
+        self.point_mlp = point_mlp(
+            in_channels + POINT_EXTRA, w.get("point_mid", 0), self.point_channels, bn_momentum
+        )
         # A Linear head, not a 1x1 sparse conv: its bias is safe on CPU in eval mode.
         self.head = nn.Linear(prev + self.point_channels, num_classes)
 
@@ -252,15 +266,15 @@ class UNetSkeleton(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
 
-def point_mlp(in_channels: int, channels: int, bn_momentum: float) -> nn.Module | None:
+def point_mlp(in_channels: int, mid: int, channels: int, bn_momentum: float) -> nn.Module | None:
     """The point branch: two Linear + BN + ReLU layers on (N, in_channels) point inputs."""
     if channels == 0:
         return None
     return nn.Sequential(
-        nn.Linear(in_channels, channels, bias=False),
-        nn.BatchNorm1d(channels, eps=BN_EPS, momentum=bn_momentum),
+        nn.Linear(in_channels, mid, bias=False),
+        nn.BatchNorm1d(mid, eps=BN_EPS, momentum=bn_momentum),
         nn.ReLU(inplace=True),
-        nn.Linear(channels, channels, bias=False),
+        nn.Linear(mid, channels, bias=False),
         nn.BatchNorm1d(channels, eps=BN_EPS, momentum=bn_momentum),
         nn.ReLU(inplace=True),
     )
@@ -269,6 +283,21 @@ def point_mlp(in_channels: int, channels: int, bn_momentum: float) -> nn.Module 
 def has_point_branch(net: nn.Module) -> bool:
     """Whether ``net`` labels points itself (``point_channels > 0``), not only voxels."""
     return int(getattr(net, "point_channels", 0) or 0) > 0
+
+
+def forward_batch(net: nn.Module, batch: Mapping[str, Any]) -> Tensor:
+    """Point logits (N, K) of a collated batch (``pointseg.data.collate``): the point branch's
+    own where ``net`` has one (it needs ``batch['point_feat']``), else each point's voxel's."""
+    if has_point_branch(net) and "point_feat" not in batch:
+        raise ValueError(
+            "model.net.point_channels > 0 (a point branch) needs per-point inputs: set "
+            "point_features: true on the Voxelize of data.train_transforms and "
+            "data.val_transforms"
+        )
+    return net(
+        batch["feat"], batch["indices"], batch["batch_size"],
+        inverse=batch["inverse"], point_feat=batch.get("point_feat"),
+    )  # fmt: skip
 
 
 class SparseUNet(UNetSkeleton):
@@ -289,7 +318,9 @@ class SparseUNet(UNetSkeleton):
         point_channels: int = 0,
     ) -> None:
         super().__init__()
-        w = unet_widths(in_channels, num_classes, stem_channels, channels, layers, widths)
+        w = unet_widths(
+            in_channels, num_classes, stem_channels, channels, layers, widths, point_channels
+        )
         if stem_kernel < 1 or stem_kernel % 2 == 0:
             raise ValueError(f"stem_kernel must be odd (centred on the voxel), got {stem_kernel}")
         # A k=3 stem can share the full-resolution rulebook with the last decoder stage.
@@ -302,7 +333,7 @@ class SparseUNet(UNetSkeleton):
         self.build(
             in_channels, num_classes, w,
             stem_conv=subm_conv3d(in_channels, w["stem"], stem_kernel, indice_key=stem_key),
-            stack=stack, dropout=dropout, bn_momentum=bn_momentum, point_channels=point_channels,
+            stack=stack, dropout=dropout, bn_momentum=bn_momentum,
         )  # fmt: skip
 
 

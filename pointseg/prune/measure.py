@@ -15,6 +15,7 @@ from torch import nn
 
 from pointseg.metrics import scores
 from pointseg.models.lite_unet import GroupedPointwise
+from pointseg.models.sparse_unet import forward_batch
 from pointseg.sparse import SparseConvNd
 from pointseg.sparse.rulebook import offset_counts
 
@@ -62,7 +63,7 @@ def compare_latency(
         order = list(nets.items()) if r % 2 == 0 else list(reversed(nets.items()))
         for name, net in order:
             t0 = time.perf_counter()
-            net(batch["feat"], batch["indices"], batch["batch_size"])
+            forward_batch(net, batch)
             dt = time.perf_counter() - t0
             if r >= warmup:
                 times[name].append(dt * 1000.0)
@@ -103,7 +104,7 @@ def count_macs(net: nn.Module, batch: Mapping[str, Any]) -> int:
             handles.append(mod.register_forward_hook(linear_hook))
     try:
         net.eval()
-        net(batch["feat"], batch["indices"], batch["batch_size"])
+        forward_batch(net, batch)
     finally:
         for h in handles:
             h.remove()

@@ -8,7 +8,9 @@ The network's channels fall into groups that must be pruned together:
 - ``up.j``: the inverse conv of decoder stage j (first part of the concatenation);
 - ``dec.j``: decoder stage j's stream: its first block's projection shortcut and the last
   conv of every block (then the next inverse conv, or the head);
-- ``enc_mid.i.b`` / ``dec_mid.j.b``: the inner width of one residual block.
+- ``enc_mid.i.b`` / ``dec_mid.j.b``: the inner width of one residual block;
+- ``point_mid`` / ``point``: the point branch's two layers (the second feeds the head, after
+  the last decoder's channels).
 
 Every channel of a group ends in a BatchNorm. Zeroing the BN scale and shift of a channel in
 all of its group's BNs makes that channel exactly 0 after the ReLU (in eval mode), so removing
@@ -88,6 +90,12 @@ def channel_plan(net: SparseUNet) -> ChannelPlan:
         blocks(f"decoders.{j}", dec, "dec_mid", j, [up, level[n - j - 1]])
         prev = dec
     inputs["head"] = [prev]
+    if net.point_mlp is not None:  # the point branch: two Linear + BN layers, then the head
+        mid = group("point_mid", ("point_mid",), ["point_mlp.0", "point_mlp.1"])
+        out = group("point", ("point",), ["point_mlp.3", "point_mlp.4"])
+        inputs["point_mlp.0"] = []  # the raw point inputs: never pruned
+        inputs["point_mlp.3"] = [mid]
+        inputs["head"] = [prev, out]
     return ChannelPlan(groups, inputs)
 
 

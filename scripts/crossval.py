@@ -16,14 +16,10 @@ go to --work; a finished (config, fold, seed) is read back from there instead of
 from __future__ import annotations
 
 import argparse
-import contextlib
-import itertools
 import json
-import os
 import shlex
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,35 +30,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from real_data import (  # noqa: E402
-    AHN3_MAP,
-    ASPRS_NAMES,
-    Points,
-    Split,
-    confusion,
+from baselines import (  # noqa: E402
+    csf_binary,
     ground_vs_rest,
     hgb_confusion,
     iou_of,
     las_points,
     miou_of,
-    real_data_dir,
     rule_confusion,
-    run_cmd,
+    tune_csf,
     tune_rule,
+    voxel_ceiling,
 )
+from real_data import AHN3_MAP, ASPRS_NAMES, Split, real_data_dir, run_cmd  # noqa: E402
 
 from pointseg.utils import atomic_path  # noqa: E402
 
 IGN_TILES = [f"ign/test_data_{c}_{r}_LA93_IGN69.laz" for r in (627755, 627760)
              for c in (77050, 77055, 77060)]  # fmt: skip
 AHN3_TILES = ["ahn3/ahn3_cropped_1.laz", "ahn3/ahn3_cropped_2.laz"]
-# CSF's four parameters, tuned on the training tiles (ground vs rest mIoU)
-CSF_GRID = {
-    "cloth_resolution": (0.5, 1.0, 2.0),
-    "rigidness": (1, 2, 3),
-    "class_threshold": (0.3, 0.5, 1.0),
-    "bSloopSmooth": (False, True),
-}
 
 
 @dataclass(frozen=True)
@@ -93,80 +79,19 @@ def folds(groups: list[str]) -> list[Fold]:
 # ---------------------------------------------------------------- baselines
 
 
-@contextlib.contextmanager
-def _quiet_stdout() -> Iterator[None]:
-    sys.stdout.flush()
-    saved = os.dup(1)
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), 1)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 1)
-            os.close(saved)
-
-
-def csf_labels(p: Points, params: dict[str, Any]) -> np.ndarray:
-    """1 for points the cloth leaves above it (not ground), 0 for ground."""
-    import CSF
-
-    csf = CSF.CSF()
-    for key, value in params.items():
-        setattr(csf.params, key, value)
-    csf.params.time_step, csf.params.interations = 0.65, 500
-    xyz = p.xyz - p.xyz.min(0)
-    ground, rest = CSF.VecInt(), CSF.VecInt()
-    with _quiet_stdout():  # CSF prints its progress from C++
-        csf.setPointCloud(xyz)
-        csf.do_filtering(ground, rest, exportCloth=False)
-    out = np.ones(len(xyz), dtype=np.int64)
-    out[np.asarray(ground, dtype=np.int64)] = 0
-    return out
-
-
-def _binary(p: Points, ground: int) -> np.ndarray:
-    return np.where(p.segment < 0, -1, (p.segment != ground).astype(np.int64))
-
-
-def tune_csf(train: list[Points], ground: int) -> tuple[dict[str, Any], float]:
-    best: tuple[dict[str, Any], float] = ({}, -1.0)
-    for values in itertools.product(*CSF_GRID.values()):
-        params = dict(zip(CSF_GRID, values, strict=True))
-        cm = sum(confusion(csf_labels(p, params), _binary(p, ground), 2) for p in train)
-        if miou_of(cm) > best[1]:
-            best = (params, miou_of(cm))
-    return best
-
-
-def voxel_ceiling(val: list[Points], k: int, voxel_size: float) -> np.ndarray:
-    """The confusion matrix of a perfect voxel classifier: every point gets its voxel's true
-    majority class (pointseg's labels before the point branch)."""
-    from pointseg.data.voxelize import voxelize
-
-    cm = np.zeros((k, k), dtype=np.int64)
-    for p in val:
-        vox = voxelize(p.xyz, voxel_size=voxel_size)
-        lab = np.where(p.segment >= 0, p.segment, k)  # ignore is its own bin
-        votes = np.zeros((len(vox.grid_coord), k + 1), dtype=np.int64)
-        np.add.at(votes, (vox.inverse, lab), 1)
-        majority = votes[:, :k].argmax(1)
-        cm += confusion(majority[vox.inverse], p.segment, k)
-    return cm
-
-
 def baselines(fold: Fold, data: Path, work: Path, voxel_size: float) -> dict[str, Any]:
     path = work / fold.name / "baselines.json"
     if path.is_file():
         return json.loads(path.read_text())
     t0 = time.perf_counter()
     s = fold.split
-    train = las_points([data / f for f in s.train], s)
-    val = las_points([data / f for f in s.val], s)
+    train = las_points([data / f for f in s.train], s.prepare)
+    val = las_points([data / f for f in s.val], s.prepare)
     k, ground = len(s.class_names), s.class_names.index("ground")
     labels = np.concatenate([p.segment for p in val])
     r, t, _ = tune_rule(train, ground)
     params, _ = tune_csf(train, ground)
-    csf_cm = sum(confusion(csf_labels(p, params), _binary(p, ground), 2) for p in val)
+    csf_cm = csf_binary(val, ground, params)
     out = {
         "val_counts": np.bincount(labels[labels >= 0], minlength=k)[:k].tolist(),
         "hgb": hgb_confusion(train, val, k).tolist(),

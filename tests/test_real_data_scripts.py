@@ -1,5 +1,5 @@
 """The real-data scripts run on tiny splits: ``scripts/real_data.py`` reads every kind of
-sample (its SemanticKITTI path included) and fits its baselines; ``scripts/crossval.py``'s
+sample (its SemanticKITTI path included) and fits its baselines; ``scripts/baselines.py``'s
 voxel ceiling and CSF baseline score what they claim."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import crossval  # noqa: E402
+import baselines  # noqa: E402
 import real_data  # noqa: E402
 
 
@@ -51,7 +51,7 @@ def test_voxel_ceiling_gives_each_voxel_its_majority() -> None:
     xyz = np.array([[0.1, 0.1, 0.1], [0.2, 0.2, 0.2], [0.3, 0.3, 0.3],
                     [1.5, 0.1, 0.1], [1.6, 0.2, 0.2], [1.7, 0.3, 0.3]])  # fmt: skip
     seg = np.array([0, 0, 1, 1, 1, -1])
-    cm = crossval.voxel_ceiling([real_data.Points(xyz, np.zeros((6, 1)), seg)], 2, 1.0)
+    cm = baselines.voxel_ceiling([baselines.Points(xyz, np.zeros((6, 1)), seg)], 2, 1.0)
     assert cm.tolist() == [[2, 0], [1, 2]]  # the minority point of A is the only error
 
 
@@ -60,8 +60,8 @@ def test_csf_separates_ground_from_a_box() -> None:
     rng = np.random.default_rng(1)
     ground = np.c_[rng.uniform(0, 40, (3000, 2)), rng.normal(0, 0.05, 3000)]
     box = np.c_[rng.uniform(15, 25, (800, 2)), rng.uniform(3, 8, 800)]
-    pts = real_data.Points(np.r_[ground, box], np.zeros((3800, 1)), np.r_[[0] * 3000, [1] * 800])
+    pts = baselines.Points(np.r_[ground, box], np.zeros((3800, 1)), np.r_[[0] * 3000, [1] * 800])
     params = {"cloth_resolution": 1.0, "rigidness": 2, "class_threshold": 0.5,
               "bSloopSmooth": False}  # fmt: skip
-    pred = crossval.csf_labels(pts, params)
+    pred = baselines.csf_labels(pts, params)
     assert (pred == pts.segment).mean() > 0.97

@@ -287,13 +287,16 @@ def has_point_branch(net: nn.Module) -> bool:
 
 def forward_batch(net: nn.Module, batch: Mapping[str, Any]) -> Tensor:
     """Point logits (N, K) of a collated batch (``pointseg.data.collate``): the point branch's
-    own where ``net`` has one (it needs ``batch['point_feat']``), else each point's voxel's."""
+    own where ``net`` has one (it needs ``batch['point_feat']``), else each point's voxel's;
+    voxel logits (M, K) for a batch without ``inverse``."""
     if has_point_branch(net) and "point_feat" not in batch:
         raise ValueError(
             "model.net.point_channels > 0 (a point branch) needs per-point inputs: set "
             "point_features: true on the Voxelize of data.train_transforms and "
             "data.val_transforms"
         )
+    if "inverse" not in batch:  # voxel rows only (e.g. a timing batch of a voxel network)
+        return net(batch["feat"], batch["indices"], batch["batch_size"])
     return net(
         batch["feat"], batch["indices"], batch["batch_size"],
         inverse=batch["inverse"], point_feat=batch.get("point_feat"),

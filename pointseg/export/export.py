@@ -40,12 +40,12 @@ def network_config(ckpt: dict[str, Any]) -> dict[str, Any]:
 
 
 def self_check(net: torch.nn.Module, graph: Path, meta: dict[str, Any]) -> dict[str, float]:
-    """Torch network and graph on one random block (4000 voxels of a 40^3 grid)."""
+    """Torch network and graph on one random block (1500 voxels of a 24^3 grid)."""
     from pointseg.models.point_branch import POINT_EXTRA
 
     rng = np.random.default_rng(0)
-    cells = rng.choice(40**3, size=4000, replace=False)
-    grid = np.stack(np.unravel_index(cells, (40, 40, 40)), 1)
+    cells = rng.choice(24**3, size=1500, replace=False)
+    grid = np.stack(np.unravel_index(cells, (24, 24, 24)), 1)
     idx = torch.zeros((len(grid), 4), dtype=torch.int32)
     idx[:, 1:] = torch.from_numpy(grid.astype(np.int32))
     feat = torch.from_numpy(rng.standard_normal((len(grid), net.in_channels), np.float32))

@@ -353,7 +353,7 @@ def _predict_file(
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")
-@guard_task("pointseg-predict")
+@guard_task("pointseg-predict", needs_spconv=lambda cfg: cfg.get("runtime") != "onnx")
 def _hydra_main(cfg: DictConfig) -> None:
     predict(cfg)
 

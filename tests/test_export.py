@@ -248,3 +248,22 @@ def test_real_las_tile_through_both_runtimes(exported: dict[str, tuple[Path, Pat
     assert want.num_blocks > 1
     assert (got.labels == want.labels).mean() >= 0.999
     assert np.abs(got.probs - want.probs).max() < 1e-4
+
+
+def test_predict_command_runs_without_spconv(
+    exported: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    """``pointseg-predict ckpt_path=<export> runtime=onnx`` with spconv not installed."""
+    folder = exported["synthetic"][1]
+    sample = _sample(NETS["synthetic"][1], n=2000)
+    np.savez(tmp_path / "room.npz", coord=sample["coord"], color=sample["color"])
+    argv = ["pointseg-predict", f"ckpt_path={folder}", "runtime=onnx",
+            f"input={tmp_path / 'room.npz'}", f"output={tmp_path / 'out'}", "progress=false",
+            f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    code = (
+        "import sys; sys.modules['spconv'] = sys.modules['cumm'] = None; "
+        f"sys.argv = {argv!r}; from pointseg.predict import main; main()"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(np.load(tmp_path / "out" / "room.labels.npy")) == 2000

@@ -25,6 +25,7 @@ DOCS = {
     "predict": "docs/predict.md",
     "prune": "docs/pruning.md",
     "viz": "README.md (Visualize)",
+    "export": "docs/deploy.md",
 }
 # groups every command composes but nobody picks on the command line
 _HIDDEN_GROUPS = {"paths", "hydra", "_self_"}

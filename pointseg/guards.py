@@ -275,9 +275,12 @@ def missing_spconv(err: BaseException | None) -> bool:
     return False
 
 
-def guard_task(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def guard_task(
+    prog: str, *, needs_spconv: Callable[[Any], bool] | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a Hydra task: user errors (and a missing spconv) become
-    ``<prog>: error: <message>``, exit status 2; what the task prints reaches its log file."""
+    ``<prog>: error: <message>``, exit status 2; what the task prints reaches its log file.
+    ``needs_spconv(cfg)``: whether this run needs spconv (default: always)."""
     import functools
     import importlib.util
 
@@ -290,7 +293,9 @@ def guard_task(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def run(*args: Any, **kwargs: Any) -> Any:
             with output_to_log():
                 try:
-                    if importlib.util.find_spec("spconv") is None:
+                    cfg = args[0] if args else None
+                    needed = needs_spconv is None or needs_spconv(cfg)
+                    if needed and importlib.util.find_spec("spconv") is None:
                         raise ModuleNotFoundError("No module named 'spconv'", name="spconv")
                     return task(*args, **kwargs)
                 except user_errors() as err:

@@ -226,12 +226,19 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     opts = InferenceOptions.from_config(
         OmegaConf.to_container(cfg.inference, resolve=True), tta=cfg.tta
     )
-    try:
-        predictor = Segmenter.from_checkpoint(
-            cfg.ckpt_path, options=opts, device="cpu", trust=bool(cfg.get("trust_checkpoint"))
-        )
-    except RuntimeError as err:  # load_state_dict's "size mismatch for ..." list
-        raise explain_state_dict_error(err, ckpt=str(cfg.ckpt_path)) or err from None
+    ckpt = Path(cfg.ckpt_path)
+    options = _output_options(cfg)
+    if ckpt.is_dir():  # a pointseg-export folder
+        runtime = str(cfg.get("runtime") or "torch")
+        predictor = Segmenter.from_pretrained(ckpt, runtime=runtime, options=opts)
+        ckpt, options["runtime"] = ckpt / "pointseg.json", runtime
+    else:
+        try:
+            predictor = Segmenter.from_checkpoint(
+                ckpt, options=opts, device="cpu", trust=bool(cfg.get("trust_checkpoint"))
+            )
+        except RuntimeError as err:  # load_state_dict's "size mismatch for ..." list
+            raise explain_state_dict_error(err, ckpt=str(cfg.ckpt_path)) or err from None
     # a recipe that transforms the whole scan (AddHeight) labels big tiles whole, as before
     streamable = not predictor.recipe.transforms
     streamed = [_streamed(cfg, f, w, streamable) for f, w in zip(files, weights, strict=True)]
@@ -244,8 +251,6 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     codes = class_codes(names, amap)
     for f, plan in zip(files, plans, strict=True):
         _keep_las_copy_if_it_fits(f, plan, codes, names)
-    options = _output_options(cfg)
-    ckpt = Path(cfg.ckpt_path)
     module = FileLabeller(
         predictor, files=files, plans=plans, weights=weights,
         label_file=partial(_label_file, cfg=cfg, codes=codes, bounds=bounds,
@@ -348,7 +353,7 @@ def _predict_file(
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")
-@guard_task("pointseg-predict")
+@guard_task("pointseg-predict", needs_spconv=lambda cfg: cfg.get("runtime") != "onnx")
 def _hydra_main(cfg: DictConfig) -> None:
     predict(cfg)
 

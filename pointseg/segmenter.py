@@ -25,7 +25,7 @@ from torch import nn
 from pointseg.data.voxelize import voxel_offsets, voxelize_chunked
 from pointseg.inference import BlockPoints, InferenceOptions, Prediction, _transform, plan_blocks
 from pointseg.io import label_dtype, read_points
-from pointseg.models.sparse_unet import has_point_branch
+from pointseg.models.point_branch import has_point_branch
 
 Sample = dict[str, Any]
 RECIPE_KEY = "pointseg_recipe"  # the checkpoint entry holding FeatureRecipe.to_dict()
@@ -112,20 +112,19 @@ class FeatureRecipe:
             )
 
     def build_transforms(self) -> Callable[[Sample], Sample]:
-        import hydra
-
         from pointseg.data.transforms import Compose
+        from pointseg.targets import instantiate
 
-        return Compose([hydra.utils.instantiate(dict(t)) for t in self.transforms])
+        return Compose([instantiate(dict(t)) for t in self.transforms])
 
     @property
     def derived(self) -> set[str]:
         """Feature keys the transforms add (e.g. ``AddHeight``'s ``height``)."""
-        import hydra
+        from pointseg.targets import locate
 
         keys: set[str] = set()
         for t in self.transforms:
-            keys |= set(getattr(hydra.utils.get_class(t["_target_"]), "adds", ()))
+            keys |= set(getattr(locate(t["_target_"]), "adds", ()))
         return keys
 
     @property
@@ -206,6 +205,25 @@ class Segmenter:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         return cls(build_net(ckpt), recipe, options=options, device=device)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        *,
+        runtime: str = "torch",
+        options: InferenceOptions | None = None,
+        threads: int | None = None,
+    ) -> Segmenter:
+        """The pipeline of a ``pointseg-export`` folder, on the CPU, with no Lightning or
+        Hydra: ``runtime="torch"`` rebuilds the network from its JSON config and safetensors
+        weights; ``"onnx"`` runs its graph in ONNX Runtime (``threads``: its thread count),
+        without spconv."""
+        from pointseg.export.runtime import load_net
+
+        net, meta = load_net(folder, runtime=runtime, threads=threads)
+        recipe = FeatureRecipe.from_dict(meta["recipe"], where=str(folder))
+        return cls(net, recipe, options=options, device="cpu")
 
     def read(self, path: str | Path, **options: Any) -> Sample:
         return self.recipe.read(path, chunk_size=self.options.chunk_size, **options)

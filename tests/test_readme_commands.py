@@ -29,7 +29,7 @@ from pointseg.utils import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-HYDRA_COMMANDS = {"train", "eval", "predict", "prune", "viz", "submit"}
+HYDRA_COMMANDS = {"train", "eval", "predict", "prune", "viz", "submit", "export"}
 # fast enough to run as written here: one train and one val batch of the default config
 RUN = ["pointseg-train debug=fdr"]
 # deliberately wrong, to show an error message (docs/bad_input.md): they must keep failing

@@ -35,9 +35,8 @@ from pointseg.models.blocks import (
     strided_conv3d,
     subm_conv3d,
 )
+from pointseg.models.point_branch import POINT_EXTRA, has_point_branch
 from pointseg.sparse import sparse_tensor
-
-POINT_EXTRA = 3  # the point branch's extra input columns: offset inside the voxel (x, y, z)
 
 SPUNET34C_CHANNELS = (32, 64, 128, 256, 256, 128, 96, 96)
 SPUNET34C_LAYERS = (2, 3, 4, 6, 2, 2, 2, 2)
@@ -278,11 +277,6 @@ def point_mlp(in_channels: int, mid: int, channels: int, bn_momentum: float) -> 
         nn.BatchNorm1d(channels, eps=BN_EPS, momentum=bn_momentum),
         nn.ReLU(inplace=True),
     )
-
-
-def has_point_branch(net: nn.Module) -> bool:
-    """Whether ``net`` labels points itself (``point_channels > 0``), not only voxels."""
-    return int(getattr(net, "point_channels", 0) or 0) > 0
 
 
 def forward_batch(net: nn.Module, batch: Mapping[str, Any]) -> Tensor:

@@ -132,12 +132,13 @@ def _targets(
         if cfg.save_probs and not chunked:
             plan["probs"] = out / f"{f.stem}.probs.npy"
         if fmt == "las" and cfg.write_las:
-            if _is_copc(f) and copc_out:
+            copc = _is_copc(f)
+            if copc and copc_out:
                 plan["las"] = out / copc_output_name(f)
             else:
                 name = copc_output_name(f).removesuffix(".copc.laz")
                 plan["las"] = out / f"{name}{f.suffix.lower()}"
-                if _is_copc(f):
+                if copc:
                     plain_copc.append(f.name)
         for p in plan.values():
             if p.resolve() in inputs:

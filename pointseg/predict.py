@@ -115,9 +115,15 @@ def _targets(
     files: Sequence[Path], out: Path, cfg: DictConfig, *, streamed: Sequence[bool] | None = None
 ) -> list[dict[str, Path]]:
     """Output paths per input; refuses to overwrite an input or to write one file twice.
-    Streamed files get labels and the LAS/LAZ copy (a COPC input's copy is plain LAZ)."""
+    Streamed files get labels and the LAS/LAZ copy. A COPC input's copy is COPC
+    (``<stem>.copc.laz``, the input's octree) where copclib is installed and the whole file
+    is labelled, else plain LAZ (``<stem>.laz``)."""
+    from pointseg.io.copc_write import COPC_HINT, copc_output_name, copc_writer_available
+
     plans, seen = [], {}
     inputs = {f.resolve() for f in files}
+    copc_out = cfg.get("bounds") is None and copc_writer_available()
+    plain_copc: list[str] = []
     for f, chunked in zip(files, streamed or [False] * len(files), strict=True):
         fmt = detect_format(f, cfg.get("format"))
         plan = {"labels": out / f"{f.stem}.labels.npy"}
@@ -126,8 +132,14 @@ def _targets(
         if cfg.save_probs and not chunked:
             plan["probs"] = out / f"{f.stem}.probs.npy"
         if fmt == "las" and cfg.write_las:
-            name = f.name[: -len(".copc.laz")] if f.name.lower().endswith(".copc.laz") else f.stem
-            plan["las"] = out / f"{name}{f.suffix.lower()}"
+            copc = _is_copc(f)
+            if copc and copc_out:
+                plan["las"] = out / copc_output_name(f)
+            else:
+                name = copc_output_name(f).removesuffix(".copc.laz")
+                plan["las"] = out / f"{name}{f.suffix.lower()}"
+                if copc:
+                    plain_copc.append(f.name)
         for p in plan.values():
             if p.resolve() in inputs:
                 raise PointFileError(
@@ -140,7 +152,22 @@ def _targets(
                 )
             seen[p] = f
         plans.append(plan)
+    if plain_copc:
+        why = "bounds= keeps only the box's points" if copc_writer_available() else COPC_HINT
+        log.warning("COPC input(s) %s get a plain LAZ copy, without the octree: %s",
+                    ", ".join(plain_copc), why)  # fmt: skip
     return plans
+
+
+def _is_copc(path: Path) -> bool:
+    """A COPC file (by its VLRs, whatever its name); a file that cannot be read is not (it
+    fails when it is labelled, where skip_errors catches it)."""
+    from pointseg.io.copc import is_copc
+
+    try:
+        return is_copc(path)
+    except PointFileError:
+        return False
 
 
 def _keep_las_copy_if_it_fits(

@@ -227,10 +227,17 @@ def stream_file(
 
 def _write_las(src: Path, dst: Path, labels: np.ndarray, codes: np.ndarray, box: Box | None,
                core_box: Box | None, chunk: int) -> None:  # fmt: skip
-    """Pass 3: the points of ``core_box`` (all without one) with their classification set."""
+    """Pass 3: the points of ``core_box`` (all without one) with their classification set;
+    a ``.copc.laz`` ``dst`` (a whole COPC file) keeps the input's octree."""
     import laspy
 
     from pointseg.io.copc import las_header
+
+    if dst.name.lower().endswith(".copc.laz"):
+        from pointseg.io.copc_write import write_copc_classification
+
+        write_copc_classification(src, dst, labels, lut=codes)
+        return
 
     hdr = plain_header(las_header(src))
     limit = 31 if hdr.point_format.id < 6 else 255

@@ -154,15 +154,22 @@ class FileLabeller(pl.LightningModule):
         i = int(batch)
         path, plan = self.files[i], self.plans[i]
         record = done_record(self.record_dir / f"{path.stem}.json", self.keys[i])
-        if record is not None:
+        # the outputs this run plans (a COPC copy once copclib is installed) must be the ones
+        # the record lists
+        if record is not None and set(record["entry"]["outputs"].values()) == set(
+            map(str, plan.values())
+        ):
             return {**record["entry"], "index": i, "status": "skipped"}
         try:
             entry = self.label_file(path, plan, self.segmenter)
-        except (PointFileError, OSError) as err:
+        except Exception as err:  # any failure reading, labelling or writing this one file
             if not self.skip_errors:
                 raise
-            log.error("skipped %s: %s", path, err)
-            return {"input": str(path), "index": i, "status": "failed", "error": str(err)}
+            error = str(err) if isinstance(err, PointFileError | OSError) else (
+                f"{type(err).__name__}: {err}"
+            )  # fmt: skip
+            log.error("skipped %s: %s", path, error, exc_info=not isinstance(err, PointFileError))
+            return {"input": str(path), "index": i, "status": "failed", "error": error}
         return {**entry, "index": i, "status": "done"}
 
 

@@ -98,5 +98,8 @@ def plain_header(header: Any) -> Any:
     import copy
 
     out = copy.deepcopy(header)
-    out.vlrs = [v for v in out.vlrs if not type(v).__name__.startswith("Copc")]
+    copc = lambda v: type(v).__name__.startswith("Copc") or v.user_id == "copc"  # noqa: E731
+    out.vlrs = [v for v in out.vlrs if not copc(v)]
+    if out.evlrs is not None:
+        out.evlrs = [v for v in out.evlrs if not copc(v)]
     return out

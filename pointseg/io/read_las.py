@@ -129,10 +129,9 @@ def read_las_points(
 
 def _las_header(hdr: Any) -> dict[str, Any]:
     """The header fields a scene's ``meta.json`` records (plain JSON)."""
-    wkt = None
-    for vlr in hdr.vlrs:  # a WKT VLR if present (GeoTIFF keys would need pyproj)
-        if type(vlr).__name__ == "WktCoordinateSystemVlr":
-            wkt = str(vlr.string).strip("\x00") or None
+    from pointseg.io.copc_write import header_wkt
+
+    wkt = header_wkt(hdr).strip("\x00") or None  # a WKT (E)VLR (GeoTIFF keys would need pyproj)
     return {
         "version": str(hdr.version),
         "point_format": int(hdr.point_format.id),

@@ -99,14 +99,20 @@ def write_las_classification(
     src: str | Path, dst: str | Path, codes: np.ndarray, *, chunk_size: int = 2_000_000
 ) -> Path:
     """Copy LAS/LAZ ``src`` to ``dst`` (LAZ if ``dst`` ends in .laz) chunk by chunk with
-    ``classification`` replaced by ``codes (N,)``; every other field is kept."""
-    import copy
-
+    ``classification`` replaced by ``codes (N,)``; every other field is kept. A ``dst`` named
+    ``.copc.laz`` is a COPC copy of a COPC ``src`` (``pointseg.io.copc_write``, needs copclib);
+    any other copy of a COPC file is plain LAS/LAZ, without the COPC records."""
     import laspy
+
+    from pointseg.io.copc import plain_header
 
     src, dst = Path(src), Path(dst)
     if dst.resolve() == src.resolve():
         raise PointFileError(f"refusing to overwrite the input {src}; choose another output")
+    if dst.name.lower().endswith(".copc.laz"):
+        from pointseg.io.copc_write import write_copc_classification
+
+        return write_copc_classification(src, dst, codes)
     with laspy.open(src) as reader:
         hdr = reader.header
         limit = 31 if hdr.point_format.id < 6 else 255  # formats 0-5 keep 5 bits of class
@@ -120,7 +126,7 @@ def write_las_classification(
             )
         with atomic_path(dst) as tmp:
             compress = dst.suffix.lower() == ".laz"
-            with laspy.open(tmp, mode="w", header=copy.deepcopy(hdr), do_compress=compress) as w:
+            with laspy.open(tmp, mode="w", header=plain_header(hdr), do_compress=compress) as w:
                 i = 0
                 for chunk in reader.chunk_iterator(chunk_size):
                     chunk.classification = codes[i : i + len(chunk)]

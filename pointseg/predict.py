@@ -218,7 +218,6 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     from pointseg.io.copc import check_box
     from pointseg.survey import MANIFEST_DIR, FileLabeller, ManifestWriter, file_points, record_key
 
-    set_threads(cfg.get("threads"))  # pointseg/threads.py: null = the CPUs available
     bounds = check_box(cfg.get("bounds"))
     files = expand_inputs(cfg.input)
     out = Path(cfg.output)
@@ -347,6 +346,7 @@ def _predict_file(
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")
 @guard_task("pointseg-predict")
 def _hydra_main(cfg: DictConfig) -> None:
+    set_threads(cfg.get("threads"))  # once, for the run: pointseg/threads.py
     predict(cfg)
 
 

@@ -108,13 +108,38 @@ def set_threads(threads: int | None = None) -> int:
     ``OMP_NUM_THREADS``, so every process the run starts (DDP ranks) uses it too."""
     import torch
 
+    chosen = bool(threads) or bool(os.environ.get("OMP_NUM_THREADS", "").strip())
     n = thread_count(threads)
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(n)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     log.info("torch CPU threads: %d", n)
+    hint = None if chosen else busy_machine_hint(n)
+    if hint:
+        log.warning(hint)
     return n
+
+
+def busy_machine_hint(n: int, *, load: float | None = None) -> str | None:
+    """A warning for a run that takes ``n`` > 1 threads by default on a machine whose 1-minute
+    load average (``load``, by default ``os.getloadavg()``) says other processes already keep
+    one of its CPUs busy: each OpenMP region then waits for a descheduled thread, so such a run
+    can take several times as long as with ``threads=1``. Only a hint; the count stays."""
+    if n <= 1:
+        return None
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:
+            return None
+    if load < 1.0:
+        return None
+    return (
+        f"the machine is busy (load average {load:.1f}, {n} threads on {available_cpus()} CPUs): "
+        "the thread count stays fixed so that the result does not depend on the load, but "
+        "here threads=1 may be much faster (a different, equally reproducible run)"
+    )
 
 
 class single_openmp_thread:  # noqa: N801 (used as a ``with`` statement, like torch.no_grad)

@@ -137,3 +137,10 @@ def test_single_openmp_thread_is_local_to_the_calling_thread() -> None:
         assert omp.omp_get_max_threads() == 2 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_busy_machine_hint_only_for_a_default_count_on_a_loaded_machine() -> None:
+    assert threads.busy_machine_hint(2, load=0.3) is None
+    assert threads.busy_machine_hint(1, load=5.0) is None
+    hint = threads.busy_machine_hint(2, load=1.4)
+    assert hint is not None and "load average 1.4" in hint and "threads=1" in hint

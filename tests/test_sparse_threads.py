@@ -67,7 +67,8 @@ def test_set_threads_fixes_the_count_and_exports_an_explicit_one(monkeypatch) ->
     (Lightning keeps a set ``OMP_NUM_THREADS``); the default exports nothing, so Lightning can
     give each rank its share."""
     before = torch.get_num_threads()
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "")  # restored (or removed) after the test
+    monkeypatch.delenv("OMP_NUM_THREADS")
     try:
         assert threads.set_threads(None) == threads.available_cpus()
         assert torch.get_num_threads() == threads.available_cpus()

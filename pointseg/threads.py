@@ -1,9 +1,9 @@
 """CPU thread policy for every pointseg entry point: how many threads, and how they wait.
 
 - **How many**: one count for the whole run, set once by the entry point (``pointseg-train``,
-  ``-eval``, ``-predict``, ``-prune``: their ``@hydra.main`` wrappers call ``set_threads``
-  before any tensor work) and never changed while it runs. The count is, in this order: the
-  config's ``threads: N``; ``OMP_NUM_THREADS``; the CPUs this process may use
+  ``-eval``, ``-predict``, ``-prune``, ``-submit``: their ``@hydra.main`` wrappers call
+  ``set_threads`` before any tensor work) and never changed while it runs. The count is, in
+  this order: the config's ``threads: N``; ``OMP_NUM_THREADS``; the CPUs this process may use
   (``available_cpus``: its affinity mask, ``os.sched_getaffinity``, capped by a cgroup CPU
   quota, v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us / cpu.cfs_period_us``, which
   ``os.cpu_count()`` ignores). Under DDP, Lightning's launcher gives each rank its share
@@ -14,7 +14,7 @@
   statistics) split their sums by the thread count, so the same seed on 1 and on 2 threads gives
   different weights; a count that follows the machine's load (the governor pointseg once had)
   makes the model depend on what else ran. pointseg's own sparse-conv kernels give the same bits
-  on 1 and 2 threads (``tests/test_sparse_threads.py``); the fixed count is what makes a whole
+  on 1 and 2 threads (``tests/test_thread_invariance.py``); the fixed count is what makes a whole
   run reproducible, quiet machine or busy.
 - **How they wait**: OpenMP threads spin for a while at a barrier before they sleep. Sleeping at
   once (``OMP_WAIT_POLICY=PASSIVE``) survives a busy neighbour but cost 1.65x on an idle

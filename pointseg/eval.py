@@ -145,7 +145,6 @@ def _scene_predictor(cfg: DictConfig, ckpt: dict[str, Any], datamodule: Any, spl
     from pointseg.inference import InferenceOptions
     from pointseg.segmenter import Segmenter
 
-    set_threads(cfg.get("threads"))  # pointseg/threads.py: null = the CPUs available
     opts = InferenceOptions.from_config(
         OmegaConf.to_container(cfg.get("inference") or {}, resolve=True), tta=cfg.get("tta")
     )
@@ -203,6 +202,7 @@ def _render_worst(cfg, run_dir, predictor, dataset, per_scene, n) -> list[tuple[
 @guard_task("pointseg-eval")
 def _hydra_main(cfg: DictConfig) -> None:
     reuse_freed_memory()
+    set_threads(cfg.get("threads"))  # once, for the run: pointseg/threads.py
     result = evaluate(cfg)
     split = result["split"]
     print(f"{split}/miou: {result[f'{split}/miou']:.4f}")

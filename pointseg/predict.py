@@ -245,7 +245,6 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     from pointseg.io.copc import check_box
     from pointseg.survey import MANIFEST_DIR, FileLabeller, ManifestWriter, file_points, record_key
 
-    set_threads(cfg.get("threads"))  # pointseg/threads.py: null = the CPUs available
     bounds = check_box(cfg.get("bounds"))
     files = expand_inputs(cfg.input)
     out = Path(cfg.output)
@@ -382,6 +381,7 @@ def _predict_file(
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")
 @guard_task("pointseg-predict", needs_spconv=lambda cfg: cfg.get("runtime") != "onnx")
 def _hydra_main(cfg: DictConfig) -> None:
+    set_threads(cfg.get("threads"))  # once, for the run: pointseg/threads.py
     predict(cfg)
 
 

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from pointseg.data.datasets.semantickitti import kitti_labels, list_scans, load_scan, sequence_names
 from pointseg.guards import guard_task, run_hydra
+from pointseg.threads import set_threads
 from pointseg.utils import CONF_DIR, atomic_path
 
 
@@ -119,6 +120,7 @@ def predict_submission(
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="submit")
 @guard_task("pointseg-submit")
 def _hydra_main(cfg: DictConfig) -> None:
+    set_threads(cfg.get("threads"))  # once, for the run: pointseg/threads.py
     n = predict_submission(
         cfg.ckpt_path, cfg.root, cfg.output, split=cfg.split, sequences=cfg.sequences,
         device=None if cfg.device == "auto" else cfg.device, overwrite=bool(cfg.overwrite),

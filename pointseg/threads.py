@@ -1,24 +1,27 @@
 """CPU thread policy for every pointseg entry point: how many threads, and how they wait.
 
-- **How many, at most**: the CPUs this process may actually use: its affinity mask
-  (``os.sched_getaffinity``), capped by a cgroup CPU quota (v2 ``cpu.max``, v1
-  ``cpu.cfs_quota_us / cpu.cfs_period_us``), which ``os.cpu_count()`` ignores.
-- **How many, now** (``threads: null``, the default): the CPUs other processes leave free. A
-  sparse conv runs thousands of short memory-bound OpenMP regions per step; when another process
-  holds a core, the thread that shares it is descheduled and its partner waits for it at every
-  region's barrier, so 2 threads next to one busy process ran 2-5x slower than 1 thread
-  (``docs/benchmarks.md``). ``ThreadGovernor`` reads the CPU time the whole machine spent
-  (``/proc/stat``, over the CPUs of the affinity mask) and this process's own, at most once per
-  ``interval`` seconds, and sets torch's thread count to the CPUs the others left idle (at least
-  1, at most the count above). ``adapt()`` is that check; the sparse-conv dispatch calls it
-  before every CPU conv, so every training step, eval and predict block follows the machine.
-  ``threads: N`` fixes the count and turns the governor off.
+- **How many**: one count for the whole run, set once by the entry point (``pointseg-train``,
+  ``-eval``, ``-predict``, ``-prune``, ``-submit``: their ``@hydra.main`` wrappers call
+  ``set_threads`` before any tensor work) and never changed while it runs. The count is, in
+  this order: the config's ``threads: N``; ``OMP_NUM_THREADS``; the CPUs this process may use
+  (``available_cpus``: its affinity mask, ``os.sched_getaffinity``, capped by a cgroup CPU
+  quota, v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us / cpu.cfs_period_us``, which
+  ``os.cpu_count()`` ignores). Under DDP, Lightning's launcher gives each rank its share
+  (``OMP_NUM_THREADS`` = CPUs / ranks, inherited by the ranks it starts), which the second rule
+  then keeps. Library functions (``train()``, ``evaluate()``, ``Segmenter``) never change the
+  thread count: a caller's own setting is theirs.
+- **Why fixed**: torch's CPU reductions (``Tensor.sum`` over all elements, batch norm's
+  statistics) split their sums by the thread count, so the same seed on 1 and on 2 threads gives
+  different weights; a count that follows the machine's load (the governor pointseg once had)
+  makes the model depend on what else ran. pointseg's own sparse-conv kernels give the same bits
+  on 1 and 2 threads (``tests/test_thread_invariance.py``); the fixed count is what makes a whole
+  run reproducible, quiet machine or busy.
 - **How they wait**: OpenMP threads spin for a while at a barrier before they sleep. Sleeping at
-  once (``OMP_WAIT_POLICY=PASSIVE``) survives a busy neighbour but cost 1.65x on an idle machine
-  (every region pays a wake-up); with the governor dropping to 1 thread when the machine is
-  busy, a short spin (``GOMP_SPINCOUNT``) is the default. OpenMP reads it when torch loads it,
-  so ``openmp_env_defaults`` runs in ``pointseg/__init__.py``, before torch is imported; a wait
-  setting the user made is kept.
+  once (``OMP_WAIT_POLICY=PASSIVE``) survives a busy neighbour but cost 1.65x on an idle
+  machine (every region pays a wake-up); a short spin (``GOMP_SPINCOUNT``) is the default. OpenMP
+  reads it when torch loads it, so ``openmp_env_defaults`` runs in ``pointseg/__init__.py``,
+  before torch is imported; a wait setting the user made is kept. Contention figures:
+  ``docs/benchmarks.md``, "Threads under contention".
 """
 
 from __future__ import annotations
@@ -28,15 +31,14 @@ import logging
 import math
 import os
 import re
-import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
-# libgomp (torch's OpenMP on Linux): spin ~30k iterations (tens of microseconds) at a barrier,
-# then sleep; Intel's runtime: 1 ms. See the module doc and docs/benchmarks.md.
 log = logging.getLogger(__name__)
 
+# libgomp (torch's OpenMP on Linux): spin ~30k iterations (tens of microseconds) at a barrier,
+# then sleep; Intel's runtime: 1 ms. See the module doc and docs/benchmarks.md.
 OPENMP_DEFAULTS = {"GOMP_SPINCOUNT": "30000", "KMP_BLOCKTIME": "1"}
 # Set by the user (any of them): the wait policy is theirs and pointseg adds nothing.
 WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
@@ -81,104 +83,63 @@ def available_cpus(*, cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     return max(1, cpus)
 
 
-def _busy_seconds(cpus: set[int], stat: Path) -> float | None:
-    """CPU seconds spent busy (user, nice, system, irq, softirq, steal) since boot on ``cpus``,
-    from ``/proc/stat``; None where the file cannot be read."""
-    try:
-        lines = stat.read_text().splitlines()
-    except OSError:
-        return None
-    ticks = 0
-    for line in lines:
-        name, *fields = line.split()
-        if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
-            continue
-        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
-        ticks += user + nice + system + irq + softirq + steal
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-class ThreadGovernor:
-    """Keeps torch's thread count at the CPUs that other processes leave idle (module doc).
-
-    ``update()`` is cheap when called often: it samples at most once per ``interval`` seconds.
-    Over a sample, others = (busy CPU seconds on our CPUs - our own CPU seconds) / wall seconds,
-    and the count becomes ``round(len(cpus) - others)``, clamped to [1, ``limit``].
-    """
-
-    def __init__(
-        self,
-        limit: int,
-        *,
-        interval: float = 1.0,
-        stat: Path = Path("/proc/stat"),
-        cpus: set[int] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        own: Callable[[], float] = time.process_time,
-    ) -> None:
-        cpus = affinity() if cpus is None else cpus
-        self.limit, self.interval, self.stat, self.cpus = limit, interval, stat, cpus
-        self.clock, self.own = clock, own
-        self.threads = limit
-        self.others = 0.0
-        self._last = self._sample()
-
-    def _sample(self) -> tuple[float, float, float] | None:
-        busy = _busy_seconds(self.cpus, self.stat)
-        return None if busy is None else (self.clock(), busy, self.own())
-
-    def update(self) -> int:
-        """Re-sample when ``interval`` has passed; set and return the thread count."""
-        if self._last is None:  # no /proc/stat: a fixed count
-            return self.threads
-        now = self.clock()
-        if now - self._last[0] < self.interval:
-            return self.threads
-        sample = self._sample()
-        if sample is None:
-            return self.threads
-        wall, busy, own = (b - a for a, b in zip(self._last, sample, strict=True))
-        self._last = sample
-        if wall <= 0:
-            return self.threads
-        self.others = max(0.0, (busy - own) / wall)
-        free = len(self.cpus) - self.others
-        threads = min(self.limit, max(1, int(free + 0.5)))
-        if threads != self.threads:
-            import torch
-
-            log.info(
-                "threads: %d -> %d (other processes kept %.1f of %d CPUs busy)",
-                self.threads, threads, self.others, len(self.cpus),
-            )  # fmt: skip
-            torch.set_num_threads(threads)
-            self.threads = threads
-        return threads
-
-
-_governor: ThreadGovernor | None = None
-
-
-def adapt() -> None:
-    """Let the governor of ``set_threads(None)`` follow the machine (no-op without one)."""
-    if _governor is not None:
-        _governor.update()
+def thread_count(threads: int | None = None, *, env: Mapping[str, str] | None = None) -> int:
+    """The run's thread count: ``threads`` when given (not None or 0), else
+    ``OMP_NUM_THREADS`` from ``env`` (``os.environ``) when set, else ``available_cpus()``."""
+    env = os.environ if env is None else env
+    if threads:
+        n, where = int(threads), "threads"
+    elif env.get("OMP_NUM_THREADS", "").strip():
+        raw = env["OMP_NUM_THREADS"].split(",")[0].strip()  # "4,2": the outer level's count
+        try:
+            n, where = int(raw), "OMP_NUM_THREADS"
+        except ValueError:
+            raise ValueError(f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']!r} is not a count") from None
+    else:
+        return available_cpus()
+    if n < 1:
+        raise ValueError(f"{where} must be >= 1 (or unset for the CPUs available), got {n}")
+    return n
 
 
 def set_threads(threads: int | None = None) -> int:
-    """Set torch's thread count for the run: ``threads`` (fixed), or when None or 0,
-    ``available_cpus()`` with a ``ThreadGovernor`` that lowers it while other processes keep
-    CPUs busy. Returns the starting count. Call once at the start of an entry point."""
+    """Fix torch's thread count for the whole run (``thread_count``) and return it. For entry
+    points only, once, before any tensor work; an explicit ``threads`` is also exported as
+    ``OMP_NUM_THREADS``, so every process the run starts (DDP ranks) uses it too."""
     import torch
 
-    global _governor
-    n = int(threads) if threads else available_cpus()
-    if n < 1:
-        raise ValueError(f"threads must be >= 1 (or null for the CPUs available), got {threads}")
+    chosen = bool(threads) or bool(os.environ.get("OMP_NUM_THREADS", "").strip())
+    n = thread_count(threads)
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(n)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
-    _governor = None if threads else ThreadGovernor(n)
+    log.info("torch CPU threads: %d", n)
+    hint = None if chosen else busy_machine_hint(n)
+    if hint:
+        log.warning(hint)
     return n
+
+
+def busy_machine_hint(n: int, *, load: float | None = None) -> str | None:
+    """A warning for a run that takes ``n`` > 1 threads by default on a machine whose 1-minute
+    load average (``load``, by default ``os.getloadavg()``) says other processes already keep
+    one of its CPUs busy: each OpenMP region then waits for a descheduled thread, so such a run
+    can take several times as long as with ``threads=1``. Only a hint; the count stays."""
+    if n <= 1:
+        return None
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:
+            return None
+    if load < 1.0:
+        return None
+    return (
+        f"the machine is busy (load average {load:.1f}, {n} threads on {available_cpus()} CPUs): "
+        "the thread count stays fixed so that the result does not depend on the load, but "
+        "here threads=1 may be much faster (a different, equally reproducible run)"
+    )
 
 
 class single_openmp_thread:  # noqa: N801 (used as a ``with`` statement, like torch.no_grad)

@@ -90,7 +90,6 @@ def train(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[str, 
     with its stored config; ``overrides`` (by default this Hydra run's command line) apply on
     top of it.
     """
-    set_threads(cfg.get("threads"))  # pointseg/threads.py: null = the CPUs available
     ckpt_path = cfg.get("ckpt_path")
     file_log: logging.Handler | None = None
     if ckpt_path:
@@ -181,6 +180,7 @@ def print_summary(result: dict[str, Any]) -> None:
 @guard_task("pointseg-train")
 def _hydra_main(cfg: DictConfig) -> None:
     reuse_freed_memory()  # the console script only: a library call leaves the allocator alone
+    set_threads(cfg.get("threads"))  # once, for the run: pointseg/threads.py
     try:
         result = train(cfg)
     except (ResumeError, ScheduleError) as err:

@@ -14,22 +14,6 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-@pytest.fixture(autouse=True)
-def _fixed_threads() -> Iterator[None]:
-    """An entry point run in-process (``threads: null``) installs pointseg's thread governor;
-    it is removed after the test and torch's thread count restored, so no later test's convs
-    have their thread count changed under them."""
-    import torch
-
-    from pointseg import threads
-
-    before = torch.get_num_threads()
-    yield
-    threads._governor = None
-    if torch.get_num_threads() != before:
-        torch.set_num_threads(before)
-
-
 # small enough for a CPU smoke run, but through the real configs
 TINY = [
     "data.train_dataset.num_scenes=2",

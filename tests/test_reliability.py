@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,9 @@ import torch
 
 from pointseg.eval import evaluate
 from pointseg.train import train
-from tests.conftest import TINY
+from tests.conftest import TINY, TINY_MODEL
+
+ROOT = Path(__file__).resolve().parents[1]
 
 QUIET = ["logger=csv", "callbacks.progress_bar.refresh_rate=0"]
 
@@ -104,17 +108,85 @@ def test_sigkill_mid_epoch_then_resume_reaches_the_same_step(tmp_path: Path) -> 
     assert len(csv) == len(set(csv))
 
 
-def test_same_seed_same_metrics(compose_cfg, tmp_path: Path) -> None:
-    overrides = [*TINY, "seed=3", "trainer.deterministic=true", "trainer.max_epochs=2"]
+# A neighbour that is busy 2.5 s, then idle 2.5 s, in turn: the load that once changed the
+# thread count mid-run (and with it the weights).
+NEIGHBOUR = """
+import time
+while True:
+    start = time.monotonic()
+    while time.monotonic() - start < 2.5:
+        pass
+    time.sleep(2.5)
+"""
+
+
+@contextlib.contextmanager
+def intermittent_neighbour() -> Iterator[None]:
+    proc = subprocess.Popen([sys.executable, "-c", NEIGHBOUR])
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# train() called as a library, in a fresh process (torch's own thread count: train() sets none)
+_LIBRARY_RUN = """
+import json, sys
+from pathlib import Path
+from tests.conftest import compose_config
+from pointseg.train import train
+result = train(compose_config("train", json.loads(sys.argv[2]), Path(sys.argv[1])))
+print("RESULT " + json.dumps(result))
+"""
+
+
+def train_in_a_process(overrides: list[str], root: Path) -> dict:
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", _LIBRARY_RUN, str(root), json.dumps(overrides)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa = torch.load(a, map_location="cpu", weights_only=False)["state_dict"]
+    wb = torch.load(b, map_location="cpu", weights_only=False)["state_dict"]
+    assert wa.keys() == wb.keys()
+    differ = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not differ, f"{len(differ)} of {len(wa)} tensors differ, e.g. {differ[:3]}"
+
+
+def test_same_seed_same_metrics(tmp_path: Path) -> None:
+    """Two trainings, each a fresh process calling ``train()``: one with the machine as it is,
+    one next to a neighbour that is busy and idle in turn, give the same bits."""
+    overrides = [*TINY, *TINY_MODEL, "seed=3", "trainer.deterministic=true"]
     overrides += ["trainer.check_val_every_n_epoch=1", "logger=none"]
-    a = train(compose_cfg("train", overrides))
-    cfg_b = compose_cfg("train", overrides)
-    cfg_b.paths.output_dir = str(tmp_path / "run_b")
-    b = train(cfg_b)
+    a = train_in_a_process(overrides, tmp_path / "a")
+    with intermittent_neighbour():
+        b = train_in_a_process(overrides, tmp_path / "b")
     assert a["last_val"] == b["last_val"]
-    wa = torch.load(a["best_ckpt"], weights_only=False)["state_dict"]
-    wb = torch.load(b["best_ckpt"], weights_only=False)["state_dict"]
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert_same_weights(Path(a["best_ckpt"]), Path(b["best_ckpt"]))
+
+
+def test_train_cli_same_seed_same_weights_next_to_a_busy_neighbour(tmp_path: Path) -> None:
+    """``pointseg-train seed=3`` (the console script's own thread policy) twice: quiet, then
+    next to a neighbour busy and idle in turn; ``last.ckpt`` weights are the same bits."""
+    args = ["seed=3", *TINY, *TINY_MODEL, "trainer.deterministic=true"]
+    ckpts = []
+    for name in ("quiet", "busy"):
+        (tmp_path / name).mkdir()
+        with intermittent_neighbour() if name == "busy" else contextlib.nullcontext():
+            proc = run_train_cli(args, tmp_path / name)
+            out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-3000:]
+        ckpts.append(newest_run(tmp_path / name) / "checkpoints" / "last.ckpt")
+    assert_same_weights(*ckpts)
 
 
 def test_checkpoints_load_with_weights_only(compose_cfg) -> None:

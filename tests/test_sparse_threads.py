@@ -1,9 +1,8 @@
-"""pointseg's thread policy (``pointseg/threads.py``)."""
+"""pointseg's thread policy (``pointseg/threads.py``): one count per run, set by the entry point."""
 
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -49,99 +48,49 @@ def test_available_cpus_follows_affinity_and_cgroup_quota(tmp_path: Path, files,
     assert got == (affinity if want is None else min(affinity, want))
 
 
-def test_set_threads() -> None:
+def test_thread_count_prefers_the_config_then_omp_num_threads_then_the_cpus() -> None:
+    assert threads.thread_count(3, env={"OMP_NUM_THREADS": "2"}) == 3
+    assert threads.thread_count(None, env={"OMP_NUM_THREADS": "2"}) == 2
+    assert threads.thread_count(0, env={"OMP_NUM_THREADS": "4,1"}) == 4  # nested: outer level
+    assert threads.thread_count(None, env={}) == threads.available_cpus()
+    assert threads.thread_count(None, env={"OMP_NUM_THREADS": " "}) == threads.available_cpus()
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        threads.thread_count(-2, env={})
+    with pytest.raises(ValueError, match="OMP_NUM_THREADS"):
+        threads.thread_count(None, env={"OMP_NUM_THREADS": "many"})
+    with pytest.raises(ValueError, match="OMP_NUM_THREADS must be >= 1"):
+        threads.thread_count(None, env={"OMP_NUM_THREADS": "0"})
+
+
+def test_set_threads_fixes_the_count_and_exports_an_explicit_one(monkeypatch) -> None:
+    """An explicit count goes to ``OMP_NUM_THREADS`` too, so DDP ranks the run starts use it
+    (Lightning keeps a set ``OMP_NUM_THREADS``); the default exports nothing, so Lightning can
+    give each rank its share."""
     before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "")  # restored (or removed) after the test
+    monkeypatch.delenv("OMP_NUM_THREADS")
     try:
-        assert threads.set_threads(1) == 1 and torch.get_num_threads() == 1
-        assert threads._governor is None  # a fixed count is never changed
         assert threads.set_threads(None) == threads.available_cpus()
         assert torch.get_num_threads() == threads.available_cpus()
-        assert threads._governor is not None and threads._governor.limit == threads.available_cpus()
-        with pytest.raises(ValueError, match="threads"):
-            threads.set_threads(-2)
-    finally:
-        threads._governor = None
-        torch.set_num_threads(before)
-
-
-class FakeMachine:
-    """A /proc/stat whose CPUs' busy ticks, this process's CPU time and the clock move on
-    ``advance``."""
-
-    def __init__(self, path: Path, cpus: int) -> None:
-        self.path, self.cpus = path, cpus
-        self.hz = os.sysconf("SC_CLK_TCK")
-        self.now, self.own_s = 0.0, 0.0
-        self.busy = [0] * (cpus + 1)  # one CPU more than the process may use: never counted
-        self.write()
-
-    def write(self) -> None:
-        lines = [f"cpu  {sum(self.busy)} 0 0 0 0 0 0 0 0 0"]
-        lines += [f"cpu{i} {b} 0 0 1000 0 0 0 0 0 0" for i, b in enumerate(self.busy)]
-        self.path.write_text("\n".join([*lines, "intr 1 2 3", "ctxt 99"]) + "\n")
-
-    def advance(self, seconds: float, *, own: float, others: float, extra_cpu: float = 0) -> None:
-        """``own`` and ``others`` CPU seconds per wall second spread over the CPUs we may use;
-        ``extra_cpu`` CPU seconds per second on the CPU outside our set."""
-        per_cpu = (own + others) * seconds / self.cpus
-        for i in range(self.cpus):
-            self.busy[i] += round(per_cpu * self.hz)
-        self.busy[self.cpus] += round(extra_cpu * seconds * self.hz)
-        self.now += seconds
-        self.own_s += own * seconds
-        self.write()
-
-
-def test_governor_follows_the_cpus_other_processes_leave(tmp_path: Path) -> None:
-    machine = FakeMachine(tmp_path / "stat", cpus=4)
-    before = torch.get_num_threads()
-    gov = threads.ThreadGovernor(
-        4, interval=1.0, stat=machine.path, cpus={0, 1, 2, 3},
-        clock=lambda: machine.now, own=lambda: machine.own_s,
-    )  # fmt: skip
-    try:
-        assert gov.threads == 4
-        machine.advance(2, own=4, others=0.1, extra_cpu=1)  # alone; the 5th CPU is not ours
-        assert gov.update() == 4
-        machine.advance(2, own=2, others=2)  # two busy neighbours
-        assert gov.update() == 2 and torch.get_num_threads() == 2
-        assert gov.others == pytest.approx(2, abs=0.05)
-        machine.advance(0.5, own=0.5, others=3.5)  # within the interval: no new sample
-        assert gov.update() == 2
-        machine.advance(1.5, own=0.5, others=3.5)  # a third and fourth neighbour
-        assert gov.update() == 1 and torch.get_num_threads() == 1
-        machine.advance(2, own=1, others=1.4)  # neighbours leave: back up, rounding 2.6 up
-        assert gov.update() == 3 and torch.get_num_threads() == 3
-        machine.advance(2, own=3, others=0)
-        assert gov.update() == 4  # never above the limit
+        assert "OMP_NUM_THREADS" not in os.environ
+        assert threads.set_threads(1) == 1 and torch.get_num_threads() == 1
+        assert os.environ["OMP_NUM_THREADS"] == "1"
+        assert threads.set_threads(None) == 1  # now from OMP_NUM_THREADS
     finally:
         torch.set_num_threads(before)
 
 
-def test_governor_without_proc_stat_keeps_its_count(tmp_path: Path) -> None:
-    gov = threads.ThreadGovernor(3, stat=tmp_path / "missing", interval=0)
-    assert gov.update() == 3 and gov.update() == 3
+def test_nothing_in_the_conv_path_changes_the_thread_count(monkeypatch) -> None:
+    """A forward and backward of the network never calls ``torch.set_num_threads``."""
+    from pointseg.models.sparse_unet import SparseUNet
 
-
-@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux /proc/stat")
-def test_governor_drops_threads_next_to_real_busy_processes() -> None:
-    """On this machine, with a spinning process on every CPU we may use, the governor's next
-    sample finds them and goes to one thread."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) > 8:
-        pytest.skip("more CPUs than this test wants to keep busy")
-    before = torch.get_num_threads()
-    spin = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in cpus]
-    try:
-        gov = threads.ThreadGovernor(len(cpus), interval=0.5)
-        time.sleep(1.0)
-        assert gov.update() == 1, f"others={gov.others:.2f}"
-        assert torch.get_num_threads() == 1
-    finally:
-        for p in spin:
-            p.kill()
-            p.wait()
-        torch.set_num_threads(before)
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    gen = torch.Generator().manual_seed(0)
+    ind = (torch.rand(2, 12, 12, 12, generator=gen) < 0.3).nonzero().int()
+    net = SparseUNet(3, 4, stem_channels=8, channels=[8] * 8, layers=[1] * 8)
+    net(torch.randn(ind.shape[0], 3), ind, 2).sum().backward()
+    assert calls == []
 
 
 def test_single_openmp_thread_is_local_to_the_calling_thread() -> None:
@@ -189,3 +138,10 @@ def test_single_openmp_thread_is_local_to_the_calling_thread() -> None:
         assert omp.omp_get_max_threads() == 2 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_busy_machine_hint_only_for_a_default_count_on_a_loaded_machine() -> None:
+    assert threads.busy_machine_hint(2, load=0.3) is None
+    assert threads.busy_machine_hint(1, load=5.0) is None
+    hint = threads.busy_machine_hint(2, load=1.4)
+    assert hint is not None and "load average 1.4" in hint and "threads=1" in hint

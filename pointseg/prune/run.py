@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 def prune(cfg: DictConfig) -> dict[str, Any]:
     method = PruneMethod.from_config(cfg.prune)  # conf/prune/*.yaml: _target_ + options
     amount = method.amount
-    set_threads(cfg.get("threads"))  # pointseg/threads.py: null = the CPUs available
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
@@ -234,6 +233,7 @@ def prune(cfg: DictConfig) -> dict[str, Any]:
 @guard_task("pointseg-prune")
 def hydra_main(cfg: DictConfig) -> None:
     reuse_freed_memory()
+    set_threads(cfg.get("threads"))  # once, for the run: pointseg/threads.py
     result = prune(cfg)
     dense, after, lat = result["dense"], result["after"], result["latency"]
     print(f"dense val/miou: {dense['miou']:.4f}")

@@ -30,7 +30,6 @@ from spconv.pytorch import SparseConvTensor
 from spconv.pytorch.core import ImplicitGemmIndiceData, IndiceData
 from torch import Tensor
 
-from pointseg import threads
 from pointseg.sparse import cpu_conv, gather_conv, grouped, spconv_ops
 from pointseg.sparse.config import get_backend
 from pointseg.sparse.rulebook import Rulebook, build
@@ -154,8 +153,6 @@ def sparse_conv(
     weight is (C_out, *kernel, C_in / groups).
     """
     ksize = list(weight.shape[1:-1])
-    if not x.features.is_cuda:
-        threads.adapt()  # follow the CPUs other processes leave free (pointseg/threads.py)
     if x.features.shape[1] != weight.shape[-1] * groups:
         raise ValueError(
             f"expected {weight.shape[-1] * groups} input channels, got {x.features.shape[1]}"

@@ -51,7 +51,11 @@ def test_val_tile_is_one_scene_with_the_raw_tiles_features(tmp_path: Path) -> No
     assert np.array_equal(np.sort(index), np.arange(len(raw["coord"])))  # the whole tile, once
     for key in [k for k in ("hag", "strength", "returns", "geom", "color") if k in raw]:
         assert np.array_equal(np.load(scene / f"{key}.npy"), raw[key][index]), key
-    assert len(list((dst / "train").iterdir())) > 2  # training tiles are cut into blocks
+    # each 50 m training tile is one 50 m block: no sliver blocks of the points on its edges
+    blocks = sorted((dst / "train").iterdir())
+    assert [b.name.rsplit("_block_", 1)[1] for b in blocks] == ["0_0", "0_0"]
+    sizes = sorted(len(np.load(b / "segment.npy")) for b in blocks)
+    assert sizes == sorted(len(read_points(IGN / n, format="las")["coord"]) for n in TRAIN)
 
 
 @needs_real

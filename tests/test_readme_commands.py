@@ -163,3 +163,55 @@ def test_fast_commands_run(command: str, tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "run_dir:" in done.stdout
+
+
+# how docs/predict.md writes a default that is not the yaml value itself
+_DOC_DEFAULTS = {
+    "required": "???",
+    "by extension": "null",
+    "by column count": "null",
+    "<run dir>/predictions": "${paths.output_dir}/predictions",
+}
+
+
+def _option_table(path: Path) -> list[tuple[str, str]]:
+    """(key, default as the doc writes it) for every option of the first table whose header
+    is ``| option | default | meaning |``; ``a` / `b`` and ``a`, `b`` rows name several keys
+    (``inference.x` / `y``: both under ``inference.``) with one default each or one for all."""
+    lines = path.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| option | default |"))
+    rows: list[tuple[str, str]] = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        names, default = (c.strip() for c in line.strip("|").split("|")[:2])
+        keys = re.findall(r"`([^`]+)`", names)
+        if default.startswith("`"):
+            defaults = re.findall(r"`([^`]+)`", default)
+        else:
+            defaults = [d.strip() for d in default.split(" / ")]
+        if len(defaults) == 1:
+            defaults *= len(keys)
+        assert len(defaults) == len(keys), line
+        prefix = keys[0].rpartition(".")[0]
+        for key, value in zip(keys, defaults, strict=True):
+            key = key if "." in key or not prefix else f"{prefix}.{key}"
+            rows.append((key, value))
+    return rows
+
+
+def test_predict_doc_options_are_the_configs() -> None:
+    """Every option of docs/predict.md's table is a key of conf/predict.yaml, with the default
+    the doc gives (units and digit groups left out: ``16 m`` is 16, ``400 000`` is 400000)."""
+    import yaml
+
+    from pointseg.cli import parse_config_file
+
+    conf = {o.key: o.default for o in parse_config_file(CONF_DIR / "predict.yaml")[2]}
+    rows = _option_table(ROOT / "docs" / "predict.md")
+    assert len(rows) > 15
+    for key, doc in rows:
+        assert key in conf, f"docs/predict.md names {key}, which conf/predict.yaml does not have"
+        doc = _DOC_DEFAULTS.get(doc, doc)
+        doc = re.sub(r"(?<=\d) (?=\d{3}\b)", "", doc.removesuffix(" m"))
+        assert yaml.safe_load(doc) == yaml.safe_load(conf[key]), (key, doc, conf[key])

@@ -48,6 +48,20 @@ class UntrustedCheckpointError(CheckpointReadError):
     """A checkpoint that holds more than tensors and plain containers (it could run code)."""
 
 
+def missing_checkpoint_message(path: str | Path) -> str:
+    """What to say of a ``ckpt_path`` that does not exist: the ``.ckpt`` files its folder
+    does hold (a prune run has pruned*.ckpt, no best.ckpt), else where checkpoints are."""
+    path = Path(path)
+    there = sorted(p.name for p in path.parent.glob("*.ckpt")) if path.parent.is_dir() else []
+    one = "it" if len(there) == 1 else "one of them"
+    fix = (
+        f"{path.parent} holds {', '.join(there)}: pass {one} as ckpt_path"
+        if there
+        else "pass ckpt_path=<run_dir>/checkpoints/best.ckpt"
+    )
+    return f"checkpoint {path} does not exist; {fix}"
+
+
 def load_checkpoint(path: str | Path, *, trust: bool = False) -> dict[str, Any]:
     """A pointseg checkpoint with a dense ``state_dict``, whatever its storage format.
 
@@ -56,15 +70,7 @@ def load_checkpoint(path: str | Path, *, trust: bool = False) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        # name what the folder does hold (a prune run has pruned*.ckpt, no best.ckpt)
-        there = sorted(p.name for p in path.parent.glob("*.ckpt")) if path.parent.is_dir() else []
-        one = "it" if len(there) == 1 else "one of them"
-        fix = (
-            f"{path.parent} holds {', '.join(there)}: pass {one} as ckpt_path"
-            if there
-            else "pass ckpt_path=<run_dir>/checkpoints/best.ckpt"
-        )
-        raise FileNotFoundError(f"checkpoint {path} does not exist; {fix}")
+        raise FileNotFoundError(missing_checkpoint_message(path))
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as err:

@@ -316,9 +316,27 @@ def guard_task(
     return wrap
 
 
+def missing_checkpoint(argv: Sequence[str]) -> str | None:
+    """The message for a ``ckpt_path=`` on the command line that names no file or folder
+    (checked before Hydra makes a run folder), else None. ``last`` (train: the newest run),
+    interpolations and multirun sweeps are left to the command."""
+    from pathlib import Path
+
+    if any(a in ("-m", "--multirun") for a in argv):
+        return None
+    given = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("ckpt_path=")]
+    value = given[-1].strip("'\"") if given else ""
+    if value in ("", "null", "last") or "${" in value or Path(value).exists():
+        return None
+    from pointseg.checkpoint import missing_checkpoint_message
+
+    return missing_checkpoint_message(value)
+
+
 def run_hydra(hydra_main: Callable[[], Any], config_name: str) -> None:
-    """Run a ``@hydra.main`` function: ``--help`` and missing required options are answered
-    here (no run folder); when Hydra fails, add a hint for misspelt override keys."""
+    """Run a ``@hydra.main`` function: ``--help``, missing required options and a
+    ``ckpt_path`` that does not exist are answered here (no run folder); when Hydra fails,
+    add a hint for misspelt override keys."""
     from pointseg.cli import command_help, missing_message, missing_options, quiet_third_party
     from pointseg.utils import CONF_DIR
 
@@ -335,6 +353,10 @@ def run_hydra(hydra_main: Callable[[], Any], config_name: str) -> None:
     missing = missing_options(config_name, argv, CONF_DIR)
     if missing:
         print(missing_message(prog, config_name, missing, CONF_DIR), file=sys.stderr)
+        sys.exit(INPUT_ERROR_EXIT)
+    no_ckpt = missing_checkpoint(argv)
+    if no_ckpt:
+        print(f"{prog}: error: {no_ckpt}", file=sys.stderr)
         sys.exit(INPUT_ERROR_EXIT)
     try:
         for line in added_key_warnings(config_name, sys.argv[1:], str(CONF_DIR)):

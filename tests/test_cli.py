@@ -55,6 +55,26 @@ def test_run_hydra_answers_help_and_missing_options_without_a_run_folder(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", ["eval", "predict", "train"])
+def test_a_missing_checkpoint_is_refused_without_a_run_folder(command: str, tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("POINTSEG_ROOT", None)  # the logs/ folder would be made in the cwd
+    args = ["ckpt_path=/nonexistent.ckpt"] + (["input=a.ply"] if command == "predict" else [])
+    done = subprocess.run(
+        [sys.executable, "-m", f"pointseg.{command}", *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == INPUT_ERROR_EXIT, done.stderr
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1 and "/nonexistent.ckpt does not exist" in lines[0], lines
+    assert lines[0].startswith(f"pointseg-{command}: error: ")
+    assert list(tmp_path.iterdir()) == []  # no logs/<command>/runs/<time>/
+
+
 def test_missing_spconv_names_the_wheel(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

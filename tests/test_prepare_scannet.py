@@ -110,6 +110,7 @@ def test_labels_normals_and_splits(raw, tmp_path: Path, caplog) -> None:
         counts = prepare(src, dst)
     assert counts == {"prepared": 3, "skipped": 0, "total": 3}
     assert any("scene9999_00" in r.getMessage() for r in caplog.records)
+    assert not any("no scene is in val/" in r.getMessage() for r in caplog.records)
     assert sorted(str(p.relative_to(dst)) for p in dst.glob("*/*")) == [
         "test/scene0707_00",
         "train/scene0000_00",
@@ -129,16 +130,21 @@ def test_labels_normals_and_splits(raw, tmp_path: Path, caplog) -> None:
     assert test["normal"].shape == (GRID * GRID, 3)
 
 
-def test_scannet200_custom_splits_and_cli(raw, tmp_path: Path) -> None:
+def test_scannet200_custom_splits_and_cli(raw, tmp_path: Path, caplog) -> None:
     src, scenes = raw
     lists = tmp_path / "lists"
     lists.mkdir()
     (lists / "train.txt").write_text("scene9999_00\nscene0000_00\n")
     dst = tmp_path / "out200"
-    pointseg.prepare.main(
-        ["scannet", f"src={src}", f"dst={dst}", "labels=scannet200", f"splits={lists}"]
-    )
+    with caplog.at_level(logging.WARNING, logger="pointseg.prepare.scannet"):
+        pointseg.prepare.main(
+            ["scannet", f"src={src}", f"dst={dst}", "labels=scannet200", f"splits={lists}"]
+        )
     assert sorted(p.name for p in (dst / "train").iterdir()) == ["scene0000_00", "scene9999_00"]
+    # both rooms went to train/: said in one line, with the way to get a validation split
+    said = [r.getMessage() for r in caplog.records if "val/" in r.getMessage()]
+    assert len(said) == 1 and "no scene is in val/ (2 in train/)" in said[0], said
+    assert "splits=<dir> holding train.txt and val.txt" in said[0]
     table = {name: CLASS_NAMES_200.index(name) for name in CATEGORIES}
     got = read_scene(dst / "train/scene9999_00")
     segment, instance = expected_labels(scenes["scene9999_00"]["seg"], table)

@@ -99,9 +99,20 @@ def prepare(
         )
         for s in chosen
     ]
-    return run_jobs(
+    counts = run_jobs(
         jobs, convert_scene, dst=dst, workers=workers, overwrite=overwrite, desc="ScanNet scenes"
     )
+    in_split = {
+        split: sum(split_of[s] == split for s in chosen) for split in set(split_of.values())
+    }
+    if labelled and not in_split.get("val"):
+        where = ", ".join(f"{n} in {split}/" for split, n in sorted(in_split.items()) if n)
+        log.warning(
+            "no scene is in val/ (%s), so training on %s validates on nothing; to get a "
+            "validation split, pass splits=<dir> holding train.txt and val.txt (scene names, "
+            "one a line)", where, dst,
+        )  # fmt: skip
+    return counts
 
 
 def find_scenes(src: Path) -> dict[str, Path]:

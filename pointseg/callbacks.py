@@ -2,35 +2,24 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from pointseg.checkpoint import plain
-from pointseg.utils import atomic_path
+from pointseg.checkpoint import save_checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to a hidden temporary file in the same folder, fsync, then rename.
-
-    A run killed while saving leaves the previous checkpoint intact, never a truncated one.
-    Every checkpoint pointseg writes (Lightning's and pointseg-prune's) passes through here
-    and through ``plain``, so it loads with ``torch.load(weights_only=True)``.
-    """
+    """Lightning's checkpoint writes through ``pointseg.checkpoint.save_checkpoint``: plain
+    containers only, a temporary file, fsync, then rename."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
     ) -> None:
-        checkpoint = plain(checkpoint)  # before the file is touched: a bad entry raises here
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
+        save_checkpoint(checkpoint, path)
 
 
 class LastCheckpoint(ModelCheckpoint):

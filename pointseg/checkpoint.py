@@ -18,6 +18,7 @@ checkpoint pointseg writes goes through ``plain`` so that it loads without that 
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 from collections import OrderedDict
@@ -28,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from pointseg.utils import atomic_path
 
 FORMAT_KEY = "pointseg_format"
 SPARSE_FORMAT = "sparse-bitmask-v1"
@@ -127,28 +130,6 @@ def build_net(ckpt: Mapping[str, Any]) -> nn.Module:
     return net
 
 
-def stored_recipe(
-    ckpt: Mapping[str, Any],
-    *,
-    data_overrides: Mapping[str, Any] | None = None,
-    where: str = "checkpoint",
-) -> Any:
-    """The checkpoint's ``FeatureRecipe``: the one written at training time, or, with data
-    overrides or in a checkpoint from before recipes were stored, one made from the stored
-    data config (keeping the stored reader options)."""
-    from omegaconf import OmegaConf
-
-    from pointseg.segmenter import RECIPE_KEY, FeatureRecipe
-
-    stored = ckpt.get(RECIPE_KEY)
-    if stored is not None and not data_overrides:
-        return FeatureRecipe.from_dict(stored, where=where)
-    data = OmegaConf.merge(OmegaConf.create(ckpt["pointseg_config"]["data"]), data_overrides or {})
-    reader = dict(stored.get("reader") or {}) if stored is not None else {}
-    plain = OmegaConf.to_container(data, resolve=True)
-    return FeatureRecipe.from_data_config(plain, reader=reader)
-
-
 def build_module(ckpt: Mapping[str, Any], model_cfg: Mapping[str, Any] | None = None) -> Any:
     """The ``SegmentationModule`` of the stored config (or ``model_cfg``), weights loaded."""
     import hydra
@@ -216,11 +197,16 @@ def weights_checkpoint(
 
 
 def save_checkpoint(ckpt: Mapping[str, Any], path: str | Path) -> Path:
-    """``torch.save`` (of ``plain(ckpt)``) to a temporary file in the same folder, then rename
-    (never a half file)."""
-    from pointseg.callbacks import AtomicCheckpointIO
-
-    AtomicCheckpointIO().save_checkpoint(dict(ckpt), path)
+    """``torch.save`` of ``plain(ckpt)`` to a hidden temporary file in the same folder, fsync,
+    then rename: a run killed while saving leaves the previous checkpoint intact, never a
+    truncated one. Every checkpoint pointseg writes (Lightning's, through
+    ``pointseg.callbacks.AtomicCheckpointIO``, and pointseg-prune's) is written here, so it
+    loads with ``torch.load(weights_only=True)``."""
+    ckpt = plain(dict(ckpt))  # before the file is touched: a bad entry raises here
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())
     return Path(path)
 
 

@@ -8,13 +8,13 @@ voxel size and the feature keys). The recipe is written into every checkpoint at
 time, so a model trained on prepared scenes labels the raw file the scenes came from with
 the same features. Block inference and test-time augmentation come from
 ``pointseg.inference``. Every command that labels points uses it: ``pointseg-eval``'s scene
-path, ``pointseg-predict``, ``pointseg-submit``, pruning's measurements and the viewer.
+path, ``pointseg-predict``, ``pointseg-submit`` and pruning's measurements (the viewer
+reads the files predict writes). The recipe itself lives in ``pointseg.recipe``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,120 +24,11 @@ from torch import nn
 
 from pointseg.data.voxelize import voxel_offsets, voxelize_chunked
 from pointseg.inference import BlockPoints, InferenceOptions, Prediction, _transform, plan_blocks
-from pointseg.io import label_dtype, read_points
+from pointseg.io import label_dtype
 from pointseg.models.point_branch import has_point_branch
+from pointseg.recipe import RECIPE_KEY, FeatureRecipe, feature_recipe, reader_options, stored_recipe
 
 Sample = dict[str, Any]
-RECIPE_KEY = "pointseg_recipe"  # the checkpoint entry holding FeatureRecipe.to_dict()
-_VOXELIZE = "pointseg.data.transforms.Voxelize"
-
-
-@dataclass(frozen=True)
-class FeatureRecipe:
-    """How a model's input is made from a raw file; plain data, stored in checkpoints."""
-
-    class_names: tuple[str, ...]
-    feat_keys: tuple[str, ...]
-    voxel_size: float
-    transforms: tuple[dict[str, Any], ...] = ()  # Hydra configs, applied before voxelizing
-    reader: dict[str, Any] = field(default_factory=dict)  # keyword options of read_points
-    # the source code (e.g. ASPRS) of each class in the data it was trained on: the first code
-    # the preparer's class map gave it; predict writes these back into classified copies
-    class_codes: tuple[int, ...] | None = None
-
-    @classmethod
-    def from_data_config(
-        cls,
-        data: Mapping[str, Any],
-        *,
-        reader: Mapping[str, Any] | None = None,
-        class_codes: Sequence[int] | None = None,
-    ) -> FeatureRecipe:
-        """The recipe of a (resolved, plain) ``data`` config, whose ``val_transforms`` end
-        with ``Voxelize``; ``reader``: the reader options of the dataset's raw files;
-        ``class_codes``: each class's source code in them."""
-        where = "data.val_transforms"
-        transforms = [dict(t) for t in data.get("val_transforms") or []]
-        if not transforms or transforms[-1].get("_target_") != _VOXELIZE:
-            got = [t.get("_target_") for t in transforms]
-            raise ValueError(f"{where} must end with {_VOXELIZE} (got {got})")
-        vox = transforms.pop()
-        if vox.get("mode", "mean") != "mean":
-            raise ValueError(f"{where}: the last Voxelize must use mode=mean (got {vox['mode']})")
-        recipe = cls(
-            class_names=tuple(data["class_names"]),
-            feat_keys=tuple(vox["feat_keys"]),
-            voxel_size=float(vox["voxel_size"]),
-            transforms=tuple(transforms),
-            reader=dict(reader or {}),
-            class_codes=None if class_codes is None else tuple(int(c) for c in class_codes),
-        )
-        recipe.check()
-        return recipe
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, where: str = "checkpoint") -> FeatureRecipe:
-        try:
-            recipe = cls(
-                class_names=tuple(d["class_names"]),
-                feat_keys=tuple(d["feat_keys"]),
-                voxel_size=float(d["voxel_size"]),
-                transforms=tuple(dict(t) for t in d.get("transforms", ())),
-                reader=dict(d.get("reader") or {}),
-                class_codes=None
-                if d.get("class_codes") is None
-                else tuple(int(c) for c in d["class_codes"]),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{where}: damaged feature recipe ({err!r}); re-train") from err
-        recipe.check()
-        return recipe
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain containers only (checkpoints load with ``weights_only=True``)."""
-        d = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    def check(self) -> None:
-        if not self.class_names:
-            raise ValueError("a feature recipe needs at least one class name")
-        if not self.voxel_size > 0:
-            raise ValueError(f"voxel_size must be > 0, got {self.voxel_size}")
-        if not self.feat_keys:
-            raise ValueError("a feature recipe needs at least one feature key")
-        if self.class_codes is not None and len(self.class_codes) != len(self.class_names):
-            raise ValueError(
-                f"class_codes {list(self.class_codes)} must give one code for each of the "
-                f"{len(self.class_names)} classes {list(self.class_names)}"
-            )
-
-    def build_transforms(self) -> Callable[[Sample], Sample]:
-        from pointseg.data.transforms import Compose
-        from pointseg.targets import instantiate
-
-        return Compose([instantiate(dict(t)) for t in self.transforms])
-
-    @property
-    def derived(self) -> set[str]:
-        """Feature keys the transforms add (e.g. ``AddHeight``'s ``height``)."""
-        from pointseg.targets import locate
-
-        keys: set[str] = set()
-        for t in self.transforms:
-            keys |= set(getattr(locate(t["_target_"]), "adds", ()))
-        return keys
-
-    @property
-    def file_features(self) -> list[str]:
-        """Features the raw file (through the reader) must provide."""
-        return [k for k in self.feat_keys if k not in self.derived]
-
-    def read(self, path: str | Path, **options: Any) -> Sample:
-        """Read a raw file as the model's training samples were made from theirs."""
-        feats = self.file_features
-        return read_points(
-            path, require=feats, feat_keys=self.feat_keys, only=feats, **self.reader, **options
-        )
 
 
 class Segmenter:
@@ -198,7 +89,7 @@ class Segmenter:
         """The checkpoint's network with its recipe (``ckpt``: ``path`` already loaded).
         ``data_overrides`` (eval's ``data.*``) change the stored data config; a checkpoint
         written before recipes were stored gets one from its stored data config."""
-        from pointseg.checkpoint import build_net, load_checkpoint, stored_recipe
+        from pointseg.checkpoint import build_net, load_checkpoint
 
         ckpt = load_checkpoint(path, trust=trust) if ckpt is None else ckpt
         recipe = stored_recipe(ckpt, data_overrides=data_overrides, where=str(path))
@@ -382,42 +273,13 @@ def dataset_scenes(dataset: Any) -> tuple[Iterable[Sample], int]:
     return (dataset[i] for i in range(n)), n
 
 
-def reader_options(dataset: Any) -> dict[str, Any]:
-    """The reader options of a dataset's raw files (``reader_options()`` where it has one)."""
-    get: Callable[[], Mapping[str, Any]] | None = getattr(dataset, "reader_options", None)
-    return dict(get()) if get is not None else {}
-
-
-def source_codes(dataset: Any, class_names: Sequence[str]) -> list[int] | None:
-    """Each class's source code from a dataset's class map (``class_map()`` where it has one:
-    the first code the preparer mapped to the class), or None where a class has none."""
-    get: Callable[[], Mapping[str, Any] | None] | None = getattr(dataset, "class_map", None)
-    cmap = get() if get is not None else None
-    classes = (cmap or {}).get("classes") or {}
-    codes = [list(classes.get(n) or []) for n in class_names]
-    return [int(c[0]) for c in codes] if codes and all(codes) else None
-
-
-def feature_recipe(run_config: Mapping[str, Any], datamodule: Any = None) -> FeatureRecipe:
-    """The recipe of a training run: its data config plus its dataset's reader options and
-    class codes."""
-    reader: dict[str, Any] = {}
-    codes = None
-    if datamodule is not None:
-        factory = getattr(datamodule, "factories", {}).get("val")
-        if factory is not None:
-            dataset = factory(transform=None)
-            reader = reader_options(dataset)
-            codes = source_codes(dataset, run_config["data"]["class_names"])
-    return FeatureRecipe.from_data_config(run_config["data"], reader=reader, class_codes=codes)
-
-
 __all__: Sequence[str] = (
-    "RECIPE_KEY",
+    "RECIPE_KEY",  # re-exported from pointseg.recipe, the recipe's home
     "FeatureRecipe",
     "Segmenter",
     "dataset_scenes",
     "feature_recipe",
     "reader_options",
     "score_scenes",
+    "stored_recipe",
 )

@@ -20,6 +20,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pointseg.guards import INPUT_ERROR_EXIT, guard_task, run_hydra
 from pointseg.lit_module import ScheduleError
 from pointseg.metrics import format_table
+from pointseg.recipe import feature_recipe
 from pointseg.resume import (
     ResumeError,
     check_not_multirun,
@@ -27,7 +28,6 @@ from pointseg.resume import (
     keep_csv_history,
     resume_config,
 )
-from pointseg.segmenter import feature_recipe
 from pointseg.threads import set_threads
 from pointseg.utils import CONF_DIR, reuse_freed_memory, write_json
 

@@ -7,19 +7,18 @@ import copy
 import numpy as np
 import pytest
 
-from pointseg.data.transforms import (
+from pointseg.data.augment import (
     BoxCrop,
     ChromaticAutoContrast,
     ChromaticTranslation,
-    Compose,
     ElasticDistortion,
     RandomDropout,
     RandomRotate,
     RandomTranslate,
     SphereCrop,
-    Voxelize,
     take_points,
 )
+from pointseg.data.transforms import Compose, Voxelize
 
 
 def make_sample(n: int = 4000, seed: int = 0) -> dict:

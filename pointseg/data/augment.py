@@ -11,7 +11,7 @@ from typing import Literal
 
 import numpy as np
 
-from pointseg.data.transforms import Sample, _Random
+from pointseg.data.base import RandomTransform, Sample
 
 
 def take_points(sample: Sample, index: np.ndarray) -> Sample:
@@ -42,7 +42,7 @@ def _check_ratio(name: str, value: float, *, high_open: bool = True) -> None:
         raise ValueError(f"{name} must be in {bound}, got {value!r}")
 
 
-class RandomRotate(_Random):
+class RandomRotate(RandomTransform):
     """Rotate about z by U(-angle_z, angle_z) and tilt about x and y by U(-max_tilt, max_tilt)
     each (radians), about the origin, with probability ``p``; normals rotate too. A small tilt
     mimics an uneven floor or a pitching vehicle."""
@@ -74,7 +74,7 @@ class RandomRotate(_Random):
         return out
 
 
-class RandomTranslate(_Random):
+class RandomTranslate(RandomTransform):
     """Shift the whole cloud by U(-shift, shift) metres per axis."""
 
     def __init__(
@@ -117,7 +117,7 @@ def _trilinear(grid: np.ndarray, u: np.ndarray) -> np.ndarray:
     return out
 
 
-class ElasticDistortion(_Random):
+class ElasticDistortion(RandomTransform):
     """Smooth random warping (as in MinkowskiEngine / Pointcept), with probability ``p``.
 
     For each ``(granularity, magnitude)`` pair, random noise on a lattice of ``granularity``
@@ -185,7 +185,7 @@ def _unit_color(sample: Sample, name: str) -> np.ndarray:
     return color
 
 
-class ChromaticAutoContrast(_Random):
+class ChromaticAutoContrast(RandomTransform):
     """Stretch each colour channel to the full [0, 1] range, blended with the original by
     ``blend_factor`` (random in [0, 1) when None), with probability ``p``. Channels that are
     constant are left alone."""
@@ -216,7 +216,7 @@ class ChromaticAutoContrast(_Random):
         return out
 
 
-class ChromaticTranslation(_Random):
+class ChromaticTranslation(RandomTransform):
     """Add one random offset in [-ratio, ratio] per channel to every colour (a global tint),
     with probability ``p``; results saturate at 0 and 1."""
 
@@ -236,7 +236,7 @@ class ChromaticTranslation(_Random):
         return out
 
 
-class RandomDropout(_Random):
+class RandomDropout(RandomTransform):
     """With probability ``p``, drop ``round(ratio * N)`` random points from every per-point
     array alike (see :func:`take_points`); the kept points stay in their order."""
 
@@ -269,7 +269,7 @@ def _crop_center(
     return (lo + hi) / 2
 
 
-class SphereCrop(_Random):
+class SphereCrop(RandomTransform):
     """Keep the ``max_points`` points nearest to a centre: a random point (``mode="random"``,
     for training) or the middle of the bounding box (``"center"``). Clouds with at most
     ``max_points`` points pass unchanged; every per-point array is cropped alike."""
@@ -299,7 +299,7 @@ class SphereCrop(_Random):
         return take_points(sample, index)
 
 
-class BoxCrop(_Random):
+class BoxCrop(RandomTransform):
     """Keep the points inside an axis-aligned box of ``size`` metres (x, y, z; ``None`` leaves
     an axis whole) centred on a random point (``mode="random"``, for training) or on the middle
     of the bounding box (``"center"``). For big LiDAR tiles and outdoor scans, where a crop of
@@ -333,7 +333,7 @@ class BoxCrop(_Random):
         return take_points(sample, np.flatnonzero(inside))
 
 
-class RandomFeatureScale(_Random):
+class RandomFeatureScale(RandomTransform):
     """Multiply one per-point feature (e.g. ``strength``) by a factor drawn from
     ``[low, high]`` per sample: robustness to another sensor's or survey's gain."""
 

@@ -9,59 +9,15 @@ the arrays they are given: they return new arrays in a shallow copy of the dict.
 
 from __future__ import annotations
 
-import os
-import zlib
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
-import torch
 
+from pointseg.data.base import Compose, RandomTransform, Sample
 from pointseg.data.voxelize import Mode, voxel_offsets, voxelize
 
-Sample = dict[str, Any]
 
-
-class Compose:
-    def __init__(self, transforms: Sequence[Callable[[Sample], Sample]]) -> None:
-        self.transforms = list(transforms)
-
-    def __call__(self, sample: Sample) -> Sample:
-        for t in self.transforms:
-            sample = t(sample)
-        return sample
-
-
-class _Random:
-    """Base for random transforms.
-
-    The generator is created lazily in the process that uses it. In a DataLoader worker
-    it is seeded from the worker's torch seed (distinct per worker and per epoch, and
-    reproducible under ``seed_everything``); in the main process from ``seed`` or else
-    ``torch.initial_seed()``. Without this every worker would replay the same draws.
-    """
-
-    def __init__(self, seed: int | None = None) -> None:
-        self._seed = seed
-        self._rng: np.random.Generator | None = None
-        self._owner: tuple[int, int | None] | None = None
-
-    @property
-    def rng(self) -> np.random.Generator:
-        info = torch.utils.data.get_worker_info()
-        owner = (os.getpid(), None if info is None else info.seed)
-        if self._rng is None or owner != self._owner:
-            if info is not None:
-                base = info.seed if self._seed is None else self._seed + info.id
-            else:
-                base = torch.initial_seed() if self._seed is None else self._seed
-            salt = zlib.crc32(type(self).__name__.encode())
-            self._rng = np.random.default_rng([base % 2**63, salt])
-            self._owner = owner
-        return self._rng
-
-
-class RandomRotateZ(_Random):
+class RandomRotateZ(RandomTransform):
     def __init__(self, *, max_angle: float = np.pi, p: float = 1.0, seed: int | None = None):
         super().__init__(seed)
         self.max_angle, self.p = max_angle, p
@@ -79,7 +35,7 @@ class RandomRotateZ(_Random):
         return out
 
 
-class RandomFlip(_Random):
+class RandomFlip(RandomTransform):
     """Mirror x and/or y, each with probability ``p``."""
 
     def __init__(self, *, p: float = 0.5, seed: int | None = None) -> None:
@@ -98,7 +54,7 @@ class RandomFlip(_Random):
         return out
 
 
-class RandomScale(_Random):
+class RandomScale(RandomTransform):
     def __init__(self, *, low: float = 0.9, high: float = 1.1, seed: int | None = None) -> None:
         super().__init__(seed)
         self.low, self.high = low, high
@@ -109,7 +65,7 @@ class RandomScale(_Random):
         return out
 
 
-class RandomJitter(_Random):
+class RandomJitter(RandomTransform):
     """Gaussian noise on coordinates, clipped so no point moves more than ``clip`` metres."""
 
     def __init__(self, *, sigma: float = 0.005, clip: float = 0.02, seed: int | None = None):
@@ -123,7 +79,7 @@ class RandomJitter(_Random):
         return out
 
 
-class ChromaticJitter(_Random):
+class ChromaticJitter(RandomTransform):
     """Per-point colour noise, result kept in [0, 1]."""
 
     def __init__(self, *, std: float = 0.02, p: float = 0.95, seed: int | None = None) -> None:
@@ -151,7 +107,7 @@ class AddHeight:
         return out
 
 
-class Voxelize(_Random):
+class Voxelize(RandomTransform):
     """Quantise and assemble the network input.
 
     ``mode="train"`` keeps one random point per voxel (the points seen by the loss are the
@@ -215,21 +171,6 @@ class Voxelize(_Random):
         return out
 
 
-# the augmentations of the Pointcept recipes live in pointseg.data.augment; their old paths
-# (configs and stored run configs name pointseg.data.transforms.<Class>) keep working
-from pointseg.data.augment import (  # noqa: E402
-    BoxCrop,
-    ChromaticAutoContrast,
-    ChromaticTranslation,
-    ElasticDistortion,
-    RandomDropout,
-    RandomFeatureScale,
-    RandomRotate,
-    RandomTranslate,
-    SphereCrop,
-    take_points,
-)
-
 __all__ = [
     "AddHeight",
     "ChromaticJitter",
@@ -239,14 +180,4 @@ __all__ = [
     "RandomRotateZ",
     "RandomScale",
     "Voxelize",
-    "take_points",
-    "RandomRotate",
-    "RandomTranslate",
-    "ElasticDistortion",
-    "ChromaticAutoContrast",
-    "ChromaticTranslation",
-    "RandomDropout",
-    "SphereCrop",
-    "BoxCrop",
-    "RandomFeatureScale",
 ]

@@ -70,9 +70,10 @@ def export(
     import onnx
     from safetensors.torch import save_file
 
-    from pointseg.checkpoint import build_net, load_checkpoint, stored_recipe
+    from pointseg.checkpoint import build_net, load_checkpoint
     from pointseg.export.onnx_graph import build_graph
     from pointseg.export.runtime import torch_net
+    from pointseg.recipe import stored_recipe
 
     ckpt_path, out = Path(ckpt_path), Path(output)
     ckpt = load_checkpoint(ckpt_path, trust=trust)

@@ -1,17 +1,19 @@
 """Point-cloud files in and out: PLY, PCD, XYZ/TXT/CSV, NPY/NPZ, LAS/LAZ and KITTI ``.bin``.
 
-``formats`` holds format detection and the error types, ``read`` the readers, ``write`` the
-writers; their public names are re-exported here.
+``formats`` holds format detection, the error types and the feature check, ``read`` the
+readers, ``write`` the writers; their public names are re-exported here.
 """
 
 from pointseg.io.formats import (
     FORMATS,
+    RECENTER_ABOVE,
     MissingFeatureError,
     PointFileError,
+    check_features,
     detect_format,
     sniff_format,
 )
-from pointseg.io.read import RECENTER_ABOVE, Sample, check_features, read_points
+from pointseg.io.read import Sample, read_points
 from pointseg.io.write import (
     atomic_path,
     label_dtype,

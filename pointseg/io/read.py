@@ -1,4 +1,4 @@
-"""Readers: ``read_points``, ``check_features`` and one parser per format.
+"""Readers: ``read_points`` and one parser per format.
 
 ``read_points`` returns a sample dict in the project's vocabulary: ``coord (N, 3) f32``,
 ``origin (3,) f64`` (world = coord + origin), and where the file has them ``color (N, 3) f32
@@ -18,18 +18,17 @@ import numpy as np
 
 from pointseg.io.formats import (
     FORMATS,
-    MissingFeatureError,
+    RECENTER_ABOVE,
     PointFileError,
+    check_features,
     detect_format,
     sniff_format,
 )
 from pointseg.io.parsers import PARSERS
-from pointseg.utils import FEATURE_WIDTHS
 
 log = logging.getLogger("pointseg.io")  # the package's logger: log lines keep its name
 
 Sample = dict[str, Any]
-RECENTER_ABOVE = 1.0e4  # float32 spacing at 1e4 is ~1 mm: beyond it, subtract an origin
 
 
 def read_points(
@@ -92,38 +91,6 @@ def read_points(
     if only is not None:
         sample = {k: v for k, v in sample.items() if k in {"coord", "origin", "kept", *only}}
     return sample
-
-
-def check_features(
-    path: str | Path, sample: Sample, require: Sequence[str], *, feat_keys: Sequence[str] = ()
-) -> None:
-    """Raise ``MissingFeatureError`` naming the file, the feature and the fix."""
-    for key in require:
-        if key in sample:
-            continue
-        have = sorted(k for k in sample if k not in ("origin", "kept", "las_header"))
-        rest = [k for k in feat_keys if k != key]
-        width = sum(_FEAT_WIDTH.get(k, 1) for k in rest)
-        retrain = (
-            f"retrain with data.feat_keys=[{','.join(rest)}] data.in_channels={width}"
-            if rest
-            else f"retrain with other data.feat_keys (without {key})"
-        )
-        raise MissingFeatureError(
-            f"{path} has no '{key}' (it provides {have}) but the model takes {key} as input "
-            f"(data.feat_keys={list(feat_keys) or [key]}). Supply a file with "
-            f"{_HOW.get(key, key)}, or {retrain}"
-        )
-
-
-_FEAT_WIDTH = FEATURE_WIDTHS
-_HOW = {
-    "color": "colours (PLY red/green/blue, LAS point format 2/3/5/7/8, or text/npy "
-    "columns=x,y,z,r,g,b)",
-    "strength": "intensity (PLY/PCD 'intensity', LAS, KITTI .bin, or columns=x,y,z,intensity)",
-    "normal": "normals (nx, ny, nz)",
-    "returns": "return numbers (LAS/LAZ)",
-}
 
 
 def finish_sample(path: Path, raw: dict[str, np.ndarray], *, nonfinite: str = "error") -> Sample:

@@ -15,8 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from pointseg.io.formats import MissingFeatureError, PointFileError
-from pointseg.io.read import RECENTER_ABOVE, Sample, check_features
+from pointseg.io.formats import (
+    RECENTER_ABOVE,
+    MissingFeatureError,
+    PointFileError,
+    check_features,
+)
+
+Sample = dict[str, Any]
 
 log = logging.getLogger("pointseg.io")
 

@@ -24,7 +24,6 @@ from pointseg.checkpoint import (
     build_module,
     load_checkpoint,
     save_checkpoint,
-    stored_recipe,
     weights_checkpoint,
 )
 from pointseg.data.collate import collate
@@ -34,7 +33,7 @@ from pointseg.prune.budget import finetune_budget
 from pointseg.prune.finetune import finetune, recalibrate_bn
 from pointseg.prune.methods import PruneContext, PruneMethod
 from pointseg.prune.report import write_prune_report
-from pointseg.segmenter import RECIPE_KEY
+from pointseg.recipe import RECIPE_KEY, stored_recipe
 from pointseg.threads import set_threads
 from pointseg.utils import CONF_DIR, reuse_freed_memory, write_json
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pointseg.targets import current_targets
 from pointseg.utils import atomic_path
 
 FORMAT_KEY = "pointseg_format"
@@ -112,6 +113,10 @@ def load_checkpoint(path: str | Path, *, trust: bool = False) -> dict[str, Any]:
             f"{path} is not a pointseg checkpoint (no stored config or state_dict); "
             "use a .ckpt written by pointseg-train or pointseg-prune"
         )
+    ckpt = dict(ckpt)  # stored _target_ paths of moved classes, at their present homes
+    for key in ("pointseg_config", "pointseg_recipe"):
+        if isinstance(ckpt.get(key), Mapping):
+            ckpt[key] = current_targets(ckpt[key])
     return ckpt
 
 

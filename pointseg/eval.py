@@ -32,9 +32,9 @@ from pointseg.guards import (
     run_hydra,
 )
 from pointseg.metrics import format_table, scores
-from pointseg.report import write_report
 from pointseg.threads import set_threads
 from pointseg.utils import CONF_DIR, reuse_freed_memory, write_json
+from pointseg.viz.report import write_report
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def _scene_loop(
 def _render_worst(cfg, run_dir, predictor, dataset, per_scene, n) -> list[tuple[dict, Path]]:
     if not n or not per_scene:
         return []
-    from pointseg.viz import render_comparison
+    from pointseg.viz.render import render_comparison
 
     rc = cfg.report
     ranked = sorted(per_scene, key=lambda s: (np.nan_to_num(s["miou"], nan=2.0), s["scene"]))

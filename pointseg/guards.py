@@ -198,7 +198,7 @@ def key_hints(config_name: str, overrides: Sequence[str], conf_dir: str) -> list
     hints = []
     for item in sets:
         key = item.split("=", 1)[0].strip()
-        if "." not in key or key in keys:
+        if "." not in key or key in keys or key.startswith("hydra."):  # Hydra's own settings
             continue
         target = _target_option(cfg, key)
         close = _closest_key(cfg, key, keys)

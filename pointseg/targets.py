@@ -3,6 +3,11 @@ network's config, without Hydra (a deployed model has plain JSON, not a Hydra ru
 
 Handles what those configs hold: ``_target_`` (a dotted class or function), keyword
 arguments, nested ``_target_`` dicts and lists, and ``_partial_: true``.
+
+``MOVED`` maps the ``_target_`` paths of classes that have moved since a checkpoint could
+have stored them to their present homes; ``current_targets`` rewrites a stored config with
+it, and ``pointseg.checkpoint.load_checkpoint`` applies it to every checkpoint it reads, so
+old checkpoints keep loading through Hydra and through ``instantiate`` alike.
 """
 
 from __future__ import annotations
@@ -12,10 +17,34 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
+_AUGMENT = (
+    "BoxCrop", "ChromaticAutoContrast", "ChromaticTranslation", "ElasticDistortion",
+    "RandomDropout", "RandomFeatureScale", "RandomRotate", "RandomTranslate", "SphereCrop",
+)  # fmt: skip
+# old path -> home: the Pointcept augmentations were first written in data.transforms
+MOVED: dict[str, str] = {
+    f"pointseg.data.transforms.{name}": f"pointseg.data.augment.{name}" for name in _AUGMENT
+}
+
+
+def current_targets(cfg: Any) -> Any:
+    """``cfg`` (plain dicts and lists) with every moved ``_target_`` path at its home."""
+    if isinstance(cfg, list | tuple):
+        return type(cfg)(current_targets(v) for v in cfg)
+    if not isinstance(cfg, Mapping):
+        return cfg
+    out = {k: current_targets(v) for k, v in cfg.items()}
+    target = out.get("_target_")
+    if isinstance(target, str) and target in MOVED:
+        out["_target_"] = MOVED[target]
+    return out
+
 
 def locate(path: str) -> Any:
-    """The object named by a dotted path such as ``pointseg.data.transforms.Voxelize``."""
-    module, _, name = str(path).rpartition(".")
+    """The object named by a dotted path such as ``pointseg.data.transforms.Voxelize`` (an
+    old path in ``MOVED`` names the class at its home)."""
+    path = MOVED.get(str(path), str(path))
+    module, _, name = path.rpartition(".")
     if not module:
         raise ValueError(f"_target_ {path!r} is not a dotted path (module.Name)")
     try:

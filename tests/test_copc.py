@@ -145,7 +145,7 @@ def test_a_failure_writing_one_file_is_skipped(
 ) -> None:
     """An exception while writing one file's LAS copy (as laspy's "Writing COPC is not
     supported" was) fails that file alone under skip_errors=true; without it, the run stops."""
-    import pointseg.predict as predict_mod
+    import pointseg.predict.run as predict_mod
 
     if not SPARSE.is_file():
         pytest.skip(f"{SPARSE} is absent")

@@ -44,6 +44,7 @@ def test_hint_for_a_trainer_option_the_config_leaves_out() -> None:
     assert "Trainer" in hint and "+trainer.accumulate_grad_batches=2" in hint
     (typo,) = key_hints("train", ["trainer.max_epoch=2"], str(CONF_DIR))
     assert "did you mean trainer.max_epochs" in typo
+    assert key_hints("train", ["hydra.run.dir=/tmp/x", "hydra.job.chdir=true"], str(CONF_DIR)) == []
 
 
 @pytest.mark.slow

@@ -16,8 +16,8 @@ import torch
 from omegaconf import OmegaConf
 
 from pointseg.predict import predict
+from pointseg.predict.survey import KILL_AFTER_ENV, MANIFEST_DIR, shard
 from pointseg.segmenter import RECIPE_KEY, FeatureRecipe
-from pointseg.survey import KILL_AFTER_ENV, MANIFEST_DIR, shard
 from tests.conftest import SHARED_DATA, TINY_MODEL, compose_config
 from tests.test_journey import _airborne_tile
 

@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 
 from pointseg.io import write_labeled_ply, write_npy
 from pointseg.metrics import scores
-from pointseg.report import row_normalised, write_report
 from pointseg.viz import palette, render_comparison, render_views, visualize
+from pointseg.viz.report import row_normalised, write_report
 
 NAMES = ["floor", "wall", "ceiling"]
 SIZE = (320, 240)  # one size: the offscreen renderer is made once per size and process
@@ -130,9 +130,9 @@ def test_eval_with_tta_writes_report_and_worst_scene(compose_cfg, tmp_path: Path
 
 
 def test_error_colours_cannot_be_taken_for_a_class_colour() -> None:
-    from pointseg.viz import _BASE, IGNORE_RGB, RIGHT_RGB, WRONG_RGB, error_colors
+    from pointseg.viz.colors import BASE_COLORS, IGNORE_RGB, RIGHT_RGB, WRONG_RGB, error_colors
 
-    known = np.concatenate([_BASE, IGNORE_RGB[None]]).astype(float)  # every fixed colour
+    known = np.concatenate([BASE_COLORS, IGNORE_RGB[None]]).astype(float)  # every fixed colour
     for rgb in (RIGHT_RGB, WRONG_RGB):
         assert np.linalg.norm(known - rgb.astype(float), axis=1).min() >= 100, rgb
     out = error_colors(np.array([0, 1, 2]), np.array([0, 2, -1]))
@@ -153,7 +153,8 @@ def test_viz_reads_a_las_ground_truth_through_the_models_class_map(
 ) -> None:
     """The docs' `pointseg-viz input=<tile>.labels.npy source=<tile>.laz gt=<tile>.laz`: ASPRS
     codes (here IGN's 64 too) become the model's classes, not class indices."""
-    import pointseg.viz as viz
+    import pointseg.viz.render as render
+    import pointseg.viz.show as viz
     from pointseg.io.las import PRESETS, load_class_map
     from tests.test_prepare_las import make_tile
 
@@ -168,9 +169,9 @@ def test_viz_reads_a_las_ground_truth_through_the_models_class_map(
     names = list(PRESETS["asprs"]["classes"])
     (out / "predict.json").write_text(json.dumps({"class_names": names}))
     legends: list = []
-    real_compose = viz.compose
+    real_compose = render.compose
     monkeypatch.setattr(
-        viz, "compose", lambda *a, **k: legends.append(a[3]) or real_compose(*a, **k)
+        render, "compose", lambda *a, **k: legends.append(a[3]) or real_compose(*a, **k)
     )
     cfg = _viz_cfg(tmp_path, input=str(out / "tile.labels.npy"), source=str(tmp_path / "tile.laz"),
                    gt=str(tmp_path / "tile.laz"))  # fmt: skip

@@ -36,7 +36,7 @@ from pointseg.io import (
 from pointseg.segmenter import Segmenter
 from pointseg.threads import set_threads
 from pointseg.utils import CONF_DIR
-from pointseg.viz import palette
+from pointseg.viz.colors import palette
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,13 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     import hydra
 
     from pointseg.io.copc import check_box
-    from pointseg.survey import MANIFEST_DIR, FileLabeller, ManifestWriter, file_points, record_key
+    from pointseg.predict.survey import (
+        MANIFEST_DIR,
+        FileLabeller,
+        ManifestWriter,
+        file_points,
+        record_key,
+    )
 
     bounds = check_box(cfg.get("bounds"))
     files = expand_inputs(cfg.input)
@@ -317,7 +323,7 @@ def _label_file(
 ) -> dict[str, Any]:  # fmt: skip
     """One file, whole or streamed in chunks: the predict step of every process."""
     if path in streamed:
-        from pointseg.predict_stream import stream_file
+        from pointseg.predict.stream import stream_file
 
         return stream_file(
             path, plan, predictor, codes=codes, chunk_m=float(cfg.stream.chunk), bounds=bounds

@@ -15,10 +15,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from pointseg.viz import (
+from pointseg.viz.colors import (
     ERROR_LEGEND,
     MODE_NAMES,
-    _camera,
+    camera,
     error_colors,
     label_colors,
     palette,
@@ -197,17 +197,17 @@ def show(
         panel.frame = gui.Rect(rect.x, rect.y, pref.width, pref.height)
 
     switch("pred")
-    cam = _camera(pts, view, size[0] / size[1])
+    cam = camera(pts, view, size[0] / size[1])
     bbox = widget.scene.bounding_box
-    widget.setup_camera(cam.get("fov", 45.0), bbox, cam["centre"].astype(np.float32))
-    camera = widget.scene.camera
+    widget.setupcamera(cam.get("fov", 45.0), bbox, cam["centre"].astype(np.float32))
+    o3d_camera = widget.scene.camera
     if "ortho" in cam:
         hw, hh = cam["ortho"]
         proj = rendering.Camera.Projection.Ortho
-        camera.set_projection(proj, -hw, hw, -hh, hh, cam["near"], cam["far"])
+        o3d_camera.set_projection(proj, -hw, hw, -hh, hh, cam["near"], cam["far"])
     else:
         fov_type = rendering.Camera.FovType.Vertical
-        camera.set_projection(cam["fov"], size[0] / size[1], cam["near"], cam["far"], fov_type)
+        o3d_camera.set_projection(cam["fov"], size[0] / size[1], cam["near"], cam["far"], fov_type)
     widget.look_at(cam["centre"], cam["eye"], cam["up"])
     window.set_on_key(on_key)
     window.set_on_layout(on_layout)

@@ -1,0 +1,3 @@
+from pointseg.predict.run import main
+
+main()

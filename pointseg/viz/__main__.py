@@ -1,0 +1,3 @@
+from pointseg.viz.show import main
+
+main()

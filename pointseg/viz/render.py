@@ -37,11 +37,18 @@ def _release_renderers() -> None:
     _renderers.clear()
 
 
+class RendererUnavailable(RuntimeError):
+    """Open3D's offscreen renderer cannot start here (no open3d, no EGL/OSMesa context)."""
+
+
 def _render_open3d(
     coord: np.ndarray, color_sets: Sequence[np.ndarray], cam: dict, *, size: tuple[int, int],
     point_size: float,
 ) -> list[np.ndarray]:  # fmt: skip
-    import open3d as o3d
+    try:
+        import open3d as o3d
+    except ImportError as err:
+        raise RendererUnavailable(f"open3d does not import: {err}") from err
 
     rendering = o3d.visualization.rendering
     r = _renderers.get(size)
@@ -53,7 +60,10 @@ def _render_open3d(
             atexit.register(_release_renderers)
             _registered.append(True)
         _release_renderers()
-        r = _renderers[size] = rendering.OffscreenRenderer(*size)
+        try:
+            r = _renderers[size] = rendering.OffscreenRenderer(*size)
+        except Exception as err:  # Filament found no rendering context
+            raise RendererUnavailable(f"Open3D's OffscreenRenderer cannot start: {err}") from err
     mat = rendering.MaterialRecord()
     mat.shader, mat.point_size = "defaultUnlit", float(point_size)  # unlit: exact colours
     r.scene.set_background([1.0, 1.0, 1.0, 1.0])

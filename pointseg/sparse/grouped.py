@@ -39,8 +39,8 @@ import torch
 from spconv.pytorch.core import ImplicitGemmIndiceData
 from torch import Tensor
 
-from pointseg.sparse import gather_conv
-from pointseg.sparse.cpu_conv import _block_rows, _blocks, _offset_pairs, _scatter_add
+from pointseg.sparse.cpu_conv import block_rows, blocks, offset_pairs, scatter_add
+from pointseg.sparse.gather_conv import neighbour_map
 from pointseg.sparse.rulebook import Rulebook, offset_counts
 
 # Gathered bytes per block of the neighbour-map path: (rows, kv, C_in) floats.
@@ -136,13 +136,13 @@ def _offset_loop(x: Tensor, w: Tensor, rb: Rulebook, side: int, out: Tensor) -> 
         return out
     c_in, c_out = x.shape[1], out.shape[1]
     scale = w.reshape(w.shape[0], -1) if w.shape[2] == w.shape[3] == 1 else None  # (kv, C)
-    buf = x.new_empty((min(max(n for _, n in offsets), _block_rows(c_in, c_out)), c_in))
+    buf = x.new_empty((min(max(n for _, n in offsets), block_rows(c_in, c_out)), c_in))
     for k, n in offsets:
-        other, target = _offset_pairs(rb, k, n, side)
-        for lo, hi in _blocks(n, c_in, c_out):
+        other, target = offset_pairs(rb, k, n, side)
+        for lo, hi in blocks(n, c_in, c_out):
             rows = torch.index_select(x, 0, other[lo:hi], out=buf[: hi - lo])  # (rows, C_in)
             prod = rows.mul_(scale[k]) if scale is not None else group_mm(rows, w[k])
-            _scatter_add(out, prod, target[lo:hi])
+            scatter_add(out, prod, target[lo:hi])
     return out
 
 
@@ -175,11 +175,11 @@ def cpu_backward(
     grad_w = torch.zeros(w.shape, dtype=w.dtype)  # (kv, G, Ci, Co)
     grad_w[kv // 2] = group_outer(features, grad_out, groups)
     c_in, c_out = features.shape[1], grad_out.shape[1]
-    rows = _block_rows(c_in, c_out)
+    rows = block_rows(c_in, c_out)
     buf_a, buf_b = features.new_empty((rows, c_in)), features.new_empty((rows, c_out))
     for k, n in offset_counts(rb.indice_pair_num, rb.is_subm):
-        src, dst = _offset_pairs(rb, k, n, 1)  # input rows, output rows
-        for lo, hi in _blocks(n, c_in, c_out):
+        src, dst = offset_pairs(rb, k, n, 1)  # input rows, output rows
+        for lo, hi in blocks(n, c_in, c_out):
             a = torch.index_select(features, 0, src[lo:hi], out=buf_a[: hi - lo])
             b = torch.index_select(grad_out, 0, dst[lo:hi], out=buf_b[: hi - lo])
             grad_w[k] += group_outer(a, b, groups, scratch=True)
@@ -224,7 +224,7 @@ def neighbours(rb: Any, num_rows: int) -> Tensor:
         nbr = torch.where(nbr < 0, torch.full_like(nbr, num_rows), nbr)
         nbr[:, nbr.shape[1] // 2] = torch.arange(num_rows, device=nbr.device)
         return nbr
-    return gather_conv.neighbour_map(rb.indice_pairs, rb.indice_pair_num, num_rows)
+    return neighbour_map(rb.indice_pairs, rb.indice_pair_num, num_rows)
 
 
 def _row_blocks(n: int, kv: int, c_in: int, element_size: int) -> list[tuple[int, int]]:

@@ -113,7 +113,6 @@ def test_state_dict_is_spconv_compatible() -> None:
                                   spconv.SparseInverseConv3d(4, 6, 2, bias=False,
                                                              indice_key="d")])  # fmt: skip
     theirs.load_state_dict(ours.state_dict())  # strict: same keys and shapes
-    sparse.allow_cpu_backward()
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -123,7 +122,8 @@ def test_state_dict_is_spconv_compatible() -> None:
             for conv in net:
                 x = conv(x)
             outs.append(x.features)
-            x.features.sum().backward()  # plain spconv layers train on the CPU too
+            with sparse.allow_cpu_backward():  # plain spconv layers train on the CPU too
+                x.features.sum().backward()
     finally:
         torch.set_num_threads(before)
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)

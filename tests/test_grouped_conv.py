@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 from spconv.pytorch.core import ImplicitGemmIndiceData
 
-from pointseg.sparse import SparseConv3d, SubMConv3d, grouped, sparse_tensor, use_backend
+from pointseg.sparse import (
+    SparseConv3d,
+    SubMConv3d,
+    get_config,
+    grouped,
+    sparse_tensor,
+    use_backend,
+)
 from pointseg.sparse.rulebook import build
 from tests.test_spconv_dense import (
     TOL,
@@ -143,7 +150,7 @@ def test_fused_depthwise_forward_matches_the_loop() -> None:
     plain = conv(sparse_tensor(feat, ind, B, levels=0)).features
     with grouped.use_fused_depthwise():
         fused = conv(sparse_tensor(feat, ind, B, levels=0)).features
-    assert not grouped._FUSED["on"]
+    assert not get_config().fused_depthwise
     torch.testing.assert_close(fused, plain, **TOL)
     upstream = torch.randn_like(plain)
     for g, w in zip(grads(fused, upstream, feat, conv.weight),

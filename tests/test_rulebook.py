@@ -131,8 +131,7 @@ def test_conv_loop_equals_spconv_bit_for_bit(
     g = torch.randn(n_out, 16, generator=gen)
     try:
         torch.set_num_threads(1)  # spconv's own scatter is only correct on one thread
-        allow_cpu_backward()
-        if True:
+        with allow_cpu_backward():
             want_y = spconv.pytorch.ops.indice_conv(x, w, pairs, counts, n_out, False, subm)
             want_dx, want_dw = spconv.pytorch.ops.indice_conv_backward(
                 x, w, g, pairs, counts, False, subm

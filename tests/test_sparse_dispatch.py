@@ -113,7 +113,6 @@ def test_state_dict_is_spconv_compatible() -> None:
                                   spconv.SparseInverseConv3d(4, 6, 2, bias=False,
                                                              indice_key="d")])  # fmt: skip
     theirs.load_state_dict(ours.state_dict())  # strict: same keys and shapes
-    sparse.allow_cpu_backward()
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -123,7 +122,8 @@ def test_state_dict_is_spconv_compatible() -> None:
             for conv in net:
                 x = conv(x)
             outs.append(x.features)
-            x.features.sum().backward()  # plain spconv layers train on the CPU too
+            with sparse.allow_cpu_backward():  # plain spconv layers train on the CPU too
+                x.features.sum().backward()
     finally:
         torch.set_num_threads(before)
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
@@ -134,10 +134,12 @@ def test_state_dict_is_spconv_compatible() -> None:
 def test_a_key_shared_across_backends_is_refused() -> None:
     ind = scene(4, batch=1, size=12)
     x = sparse.sparse_tensor(torch.randn(ind.shape[0], 3), ind, 1, levels=1)
-    first = sparse.SubMConv3d(3, 3, 3, padding=1, indice_key="s")
-    y = first(x)
-    with sparse.use_backend("spconv"), pytest.raises(RuntimeError, match="another backend"):
-        first(y)
+    y = sparse.SubMConv3d(3, 3, 3, padding=1, indice_key="s")(x)
+    other = sparse.SubMConv3d(
+        3, 3, 3, padding=1, indice_key="s", sparse_config=sparse.SparseConfig(backend="spconv")
+    )
+    with pytest.raises(RuntimeError, match="another backend"):
+        other(y)
 
 
 def test_wrong_keys_are_refused() -> None:

@@ -7,6 +7,10 @@ The initialisation is spconv's (uniform, bound ``1 / sqrt(fan_in)``, fan_in =
 ``C_in / groups * kD * kH * kW``). The modules
 subclass ``spconv.pytorch.SparseModule`` (a marker class) so that ``spconv.SparseSequential``
 passes them the sparse tensor.
+
+A conv runs on its input tensor's configuration (``config``, recorded by
+``tensor.sparse_tensor``) unless its ``sparse_config`` (an argument, or an attribute set later)
+is a ``SparseConfig``: then that conv alone runs on it. It is not part of the state dict.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from spconv.pytorch import SparseConvTensor, SparseModule
 from torch import nn
 
+from pointseg.sparse.config import SparseConfig
 from pointseg.sparse.functional import Kind, sparse_conv
 from pointseg.sparse.grouped import check_groups
 
@@ -35,6 +40,7 @@ class SparseConvNd(SparseModule):
     """A 3-D sparse conv of one ``kind`` ("subm", "conv" or "inverse"; see ``sparse_conv``)."""
 
     kind: Kind = "conv"
+    sparse_config: SparseConfig | None = None  # class default: modules pickled before it load
 
     def __init__(
         self,
@@ -48,8 +54,12 @@ class SparseConvNd(SparseModule):
         bias: bool = False,
         indice_key: str | None = None,
         groups: int = 1,
+        sparse_config: SparseConfig | None = None,
     ) -> None:
         super().__init__()
+        if sparse_config is not None and not isinstance(sparse_config, SparseConfig):
+            raise TypeError(f"sparse_config must be a SparseConfig or None, got {sparse_config!r}")
+        self.sparse_config = sparse_config
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"channels must be positive, got {in_channels}, {out_channels}")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
@@ -89,6 +99,7 @@ class SparseConvNd(SparseModule):
             dilation=self.dilation,
             indice_key=self.indice_key,
             groups=self.groups,
+            config=self.sparse_config,
         )
         if self.bias is not None:  # added here, not fused: spconv's CPU ops refuse a bias
             out = out.replace_feature(out.features + self.bias)
@@ -99,6 +110,7 @@ class SparseConvNd(SparseModule):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, indice_key={self.indice_key!r}"
             + (f", groups={self.groups}" if self.groups != 1 else "")
+            + (f", sparse_config={self.sparse_config}" if self.sparse_config is not None else "")
         )
 
 

@@ -16,6 +16,9 @@ spconv's plan, rulebook format and weight layout (KRSC: ``(C_out, *kernel, C_in)
 - rows are processed in blocks of ``BLOCK_BYTES``, so gather, GEMM and scatter meet in cache;
 - the backward pass skips the input gradient when the input needs none (the data).
 
+The loop's pieces (``block_rows``, ``blocks``, ``offset_pairs``, ``scatter_add``) are public:
+``grouped`` runs its grouped and depthwise loops on them.
+
 Summation order per output row is spconv's (the centre offset first for submanifold convs, then
 offsets in order), so outputs and input gradients equal spconv's loop bit for bit; weight
 gradients are summed block by block, so they agree to rounding (``tests/test_rulebook.py``).
@@ -39,27 +42,28 @@ from pointseg.threads import single_openmp_thread
 BLOCK_BYTES = 1 << 22
 
 
-def _block_rows(c_in: int, c_out: int) -> int:
+def block_rows(c_in: int, c_out: int) -> int:
     """Pairs per block: ``BLOCK_BYTES`` of float32 input and output rows (at least 1024)."""
     return max(1024, BLOCK_BYTES // (4 * (c_in + c_out)))
 
 
-def _blocks(n: int, c_in: int, c_out: int) -> Iterator[tuple[int, int]]:
-    step = _block_rows(c_in, c_out)
+def blocks(n: int, c_in: int, c_out: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) of the blocks of ``block_rows`` pairs covering ``n`` pairs."""
+    step = block_rows(c_in, c_out)
     for start in range(0, n, step):
         yield start, min(n, start + step)
 
 
-def _offset_pairs(rb: Rulebook, k: int, n: int, side: int) -> tuple[Tensor, Tensor]:
+def offset_pairs(rb: Rulebook, k: int, n: int, side: int) -> tuple[Tensor, Tensor]:
     """(other rows, target rows) of offset ``k``'s ``n`` pairs, int32 views; ``side`` is the
     pairs row (0: input sites, 1: output sites) that the products are added into."""
     return rb.indice_pairs[1 - side, k, :n], rb.indice_pairs[side, k, :n]
 
 
-def _scatter_add(out: Tensor, rows: Tensor, target: Tensor) -> None:
+def scatter_add(out: Tensor, rows: Tensor, target: Tensor) -> None:
     """out[target] += rows, exactly, for int32 ``target`` rows that are all different."""
     if not (out.is_contiguous() and rows.is_contiguous()):  # the kernel reads row-major memory
-        raise ValueError("cpu_conv._scatter_add needs contiguous tensors")
+        raise ValueError("cpu_conv.scatter_add needs contiguous tensors")
     tv = torch_tensor_to_tv
     if torch.get_num_threads() == 1:
         SpconvOps.scatter_add_cpu(tv(out), tv(rows), tv(target))
@@ -84,17 +88,17 @@ def conv_forward(features: Tensor, filters: Tensor, rb: Rulebook, *, inverse: bo
     offsets = list(offset_counts(rb.indice_pair_num, rb.is_subm))
     if not offsets:
         return out
-    step = _block_rows(c_in, c_out)
+    step = block_rows(c_in, c_out)
     rows_in = features.new_empty((min(max(n for _, n in offsets), step), c_in))
     rows_out = features.new_empty((rows_in.shape[0], c_out))
     for k, n in offsets:
-        src, dst = _offset_pairs(rb, k, n, target)
+        src, dst = offset_pairs(rb, k, n, target)
         w = weight[:, k].t()
-        for lo, hi in _blocks(n, c_in, c_out):
+        for lo, hi in blocks(n, c_in, c_out):
             a, b = rows_in[: hi - lo], rows_out[: hi - lo]
             torch.index_select(features, 0, src[lo:hi], out=a)
             torch.mm(a, w, out=b)
-            _scatter_add(out, b, dst[lo:hi])
+            scatter_add(out, b, dst[lo:hi])
     return out
 
 
@@ -123,13 +127,13 @@ def conv_backward(
     source = 1 if inverse else 0  # the pairs row of this conv's input sites
     offsets = list(offset_counts(rb.indice_pair_num, rb.is_subm))
     if offsets:
-        step = _block_rows(c_in, c_out)
+        step = block_rows(c_in, c_out)
         rows_in = features.new_empty((min(max(n for _, n in offsets), step), c_in))
         rows_out = features.new_empty((rows_in.shape[0], c_out))
         for k, n in offsets:
-            dst, src = _offset_pairs(rb, k, n, source)
+            dst, src = offset_pairs(rb, k, n, source)
             gw, w = grad_w[k], weight[:, k]
-            for lo, hi in _blocks(n, c_in, c_out):
+            for lo, hi in blocks(n, c_in, c_out):
                 a, b = rows_in[: hi - lo], rows_out[: hi - lo]
                 torch.index_select(features, 0, src[lo:hi], out=a)
                 torch.index_select(grad_out, 0, dst[lo:hi], out=b)
@@ -139,5 +143,5 @@ def conv_backward(
                     gw.addmm_(b.t(), a)
                 if grad_in is not None:
                     torch.mm(b, w, out=a)
-                    _scatter_add(grad_in, a, src[lo:hi])
+                    scatter_add(grad_in, a, src[lo:hi])
     return grad_in, grad_w.permute(1, 0, 2).reshape(filters.shape)

@@ -1,6 +1,10 @@
 """``sparse_conv``: one sparse conv of a ``SparseConvTensor``, with an explicit choice of kernel.
 
-The choice, made on every call from the backend setting (``config``), the device and the conv:
+The choice is made from the conv's ``SparseConfig`` (``config``): the one its input tensor
+recorded when it was made (``tensor.config_of``), or the module's override (``sparse_config``),
+read once per conv and passed down; a switch of the process default during a forward changes
+nothing for it. The configuration and the device fix the rulebook's format (``_on_rulebook``);
+``_run`` is the one place the kernel is chosen:
 
 ===================  =====================================  ===================================
 backend / device     rulebook (cached per ``indice_key``)   kernel
@@ -12,11 +16,15 @@ pointseg / CUDA      spconv's implicit GEMM (<= 32 offsets) spconv's ``implicit_
 spconv / any         spconv's, with spconv's algorithm      spconv's, as shipped
 ===================  =====================================  ===================================
 
+Grouped and depthwise submanifold convs (``groups > 1``) take ``grouped``: its offset loop on
+pointseg's rulebooks (compiled for depthwise convs with ``fused_depthwise``), its neighbour-map
+kernel on spconv's.
+
 A rulebook is built by the first conv of a forward that uses its ``indice_key`` and stored in
 the tensor's ``indice_dict``: every later conv of that key (the level's submanifold convs, the
 inverse conv undoing a strided one) and every backward pass reuse it, with whatever the kernels
-derived from it. A new kernel is one more branch in ``_run``: grouped and depthwise submanifold
-convs (``groups > 1``) take ``grouped`` on any rulebook.
+derived from it. A conv whose configuration wants the other format for a cached rulebook (a
+module override on a shared key) is refused.
 """
 
 from __future__ import annotations
@@ -30,9 +38,13 @@ from spconv.pytorch import SparseConvTensor
 from spconv.pytorch.core import ImplicitGemmIndiceData, IndiceData
 from torch import Tensor
 
-from pointseg.sparse import cpu_conv, gather_conv, grouped, spconv_ops
-from pointseg.sparse.config import get_backend
+import pointseg.sparse.cpu_conv as cpu_conv
+import pointseg.sparse.gather_conv as gather_conv
+import pointseg.sparse.grouped as grouped
+import pointseg.sparse.spconv_ops as spconv_ops
+from pointseg.sparse.config import SparseConfig
 from pointseg.sparse.rulebook import Rulebook, build
+from pointseg.sparse.tensor import CONFIG_KEY, config_of
 
 Kind = Literal["subm", "conv", "inverse"]
 AnyRulebook = Rulebook | IndiceData | ImplicitGemmIndiceData
@@ -78,13 +90,18 @@ class _GatherConv(torch.autograd.Function):
         return grad_in, grad_w, None, None
 
 
-def _build(x: SparseConvTensor, kind: Kind, kv: int, geometry: dict) -> AnyRulebook:
-    """A new rulebook for a conv of ``kind`` over ``x``'s sites, in the backend's format."""
+def _on_rulebook(config: SparseConfig, x: SparseConvTensor) -> bool:
+    """Whether the conv runs on pointseg's ``Rulebook`` (pointseg's CPU path); otherwise on
+    spconv's rulebooks."""
+    return config.backend == "pointseg" and not x.features.is_cuda
+
+
+def _build(x: SparseConvTensor, kind: Kind, kv: int, geometry: dict, ours: bool) -> AnyRulebook:
+    """A new rulebook for a conv of ``kind`` over ``x``'s sites: pointseg's if ``ours``."""
     if kind == "inverse":
         raise ValueError("an inverse conv needs the rulebook of its strided conv (indice_key)")
     subm = kind == "subm"
-    ours = get_backend() == "pointseg"
-    if ours and not x.features.is_cuda:
+    if ours:
         return build(x.indices, x.batch_size, list(x.spatial_shape), subm=subm, **geometry)
     algo = spconv_ops.algo_for(x.features, kv)
     if algo == ConvAlgo.Native:
@@ -92,12 +109,25 @@ def _build(x: SparseConvTensor, kind: Kind, kv: int, geometry: dict) -> AnyRuleb
     return spconv_ops.implicit_rulebook(x, subm=subm, algo=algo, **geometry)
 
 
-def _run(x: SparseConvTensor, weight: Tensor, rb: AnyRulebook, kind: Kind, groups: int) -> Tensor:
-    """(N_out, C_out) features of the conv, on the kernel the rulebook and backend call for."""
+def _run(
+    x: SparseConvTensor,
+    weight: Tensor,
+    rb: AnyRulebook,
+    kind: Kind,
+    groups: int,
+    config: SparseConfig,
+) -> Tensor:
+    """(N_out, C_out) features of the conv: the one place its kernel is chosen, from the
+    rulebook's format (fixed by ``config`` and the device), the conv and ``config``."""
     inverse = kind == "inverse"
     features = x.features
     if groups > 1:
-        return grouped.grouped_conv(features, weight, rb, groups=groups)
+        grouped.check_rulebook(rb, weight)
+        if isinstance(rb, Rulebook):
+            return grouped.rulebook_conv(
+                features, weight, rb, groups=groups, fused=config.fused_depthwise
+            )
+        return grouped.neighbour_conv(features, weight, rb, groups=groups)
     if isinstance(rb, Rulebook):
         if features.dtype != torch.float32 or weight.dtype != torch.float32:
             raise TypeError(f"CPU sparse convs run in float32, got {features.dtype} features")
@@ -105,7 +135,7 @@ def _run(x: SparseConvTensor, weight: Tensor, rb: AnyRulebook, kind: Kind, group
     if isinstance(rb, ImplicitGemmIndiceData):
         return spconv_ops.implicit_conv(x, weight, rb, inverse=inverse)
     if (
-        get_backend() == "pointseg"
+        config.backend == "pointseg"
         and features.dtype == weight.dtype
         and features.dtype in (torch.float16, torch.bfloat16, torch.float32)
         and gather_conv.usable(features, weight, rb.is_subm, inverse)
@@ -114,13 +144,14 @@ def _run(x: SparseConvTensor, weight: Tensor, rb: AnyRulebook, kind: Kind, group
     return spconv_ops.native_conv(x, weight, rb, inverse=inverse)
 
 
-def _checked_reuse(rb: AnyRulebook, x: SparseConvTensor, kind: Kind, key: str) -> AnyRulebook:
+def _checked_reuse(
+    rb: AnyRulebook, x: SparseConvTensor, kind: Kind, key: str, ours: bool
+) -> AnyRulebook:
     """Refuse a cached rulebook that does not fit this conv (a wrong ``indice_key``)."""
-    backend = get_backend()
-    if isinstance(rb, Rulebook) != (backend == "pointseg" and not x.features.is_cuda):
+    if isinstance(rb, Rulebook) != ours:
         raise RuntimeError(
-            f"indice_key {key!r}: its rulebook was built by another backend; switch backends "
-            "between forwards, not inside one"
+            f"indice_key {key!r}: its rulebook was built by another backend; a conv whose "
+            "sparse_config differs from its tensor's needs an indice_key of its own"
         )
     sites = rb.out_indices if kind == "inverse" else rb.indices
     if kind == "inverse" and rb.is_subm:
@@ -144,14 +175,19 @@ def sparse_conv(
     dilation: list[int],
     indice_key: str | None,
     groups: int = 1,
+    config: SparseConfig | None = None,
 ) -> SparseConvTensor:
     """Apply a sparse conv with KRSC ``weight`` (C_out, *kernel, C_in) to ``x``.
 
     ``kind``: "subm" (output sites = input sites, same rows), "conv" (strided/regular: new
     output sites), "inverse" (back to the input sites of the strided conv that stored its
     rulebook under ``indice_key``). ``groups`` > 1 (submanifold only): a grouped conv whose
-    weight is (C_out, *kernel, C_in / groups).
+    weight is (C_out, *kernel, C_in / groups). ``config``: run this conv on it instead of
+    ``x``'s record (a module's override); the output keeps ``x``'s record.
     """
+    if indice_key == CONFIG_KEY:
+        raise ValueError(f"indice_key {CONFIG_KEY!r} is reserved for the tensor's sparse config")
+    config = config_of(x) if config is None else config
     ksize = list(weight.shape[1:-1])
     if x.features.shape[1] != weight.shape[-1] * groups:
         raise ValueError(
@@ -160,13 +196,14 @@ def sparse_conv(
     if groups > 1 and kind != "subm":
         raise ValueError(f"grouped sparse convs are submanifold only, got a {kind!r} conv")
     geometry = {"ksize": ksize, "stride": stride, "padding": padding, "dilation": dilation}
+    ours = _on_rulebook(config, x)
     rb = x.indice_dict.get(indice_key) if indice_key is not None else None
     fresh = rb is None
     if fresh:
-        rb = _build(x, kind, math.prod(ksize), geometry)
+        rb = _build(x, kind, math.prod(ksize), geometry, ours)
     else:
-        rb = _checked_reuse(rb, x, kind, indice_key)
-    features = _run(x, weight, rb, kind, groups)
+        rb = _checked_reuse(rb, x, kind, indice_key, ours)
+    features = _run(x, weight, rb, kind, groups, config)
     if kind == "inverse":
         indices, shape = rb.indices, rb.spatial_shape
     else:

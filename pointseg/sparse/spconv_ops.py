@@ -3,18 +3,26 @@
 Used by ``functional`` for the ``"spconv"`` backend on every device and for CUDA convs of the
 ``"pointseg"`` backend. Workarounds for spconv 2.3.8 live here, where its ops are called:
 
-- On a CPU-only torch, spconv's backward asks ``torch.cuda.current_stream()`` and asserts.
-  ``allow_cpu_backward()`` points ``spconv.pytorch.ops.get_current_stream`` at a function
-  returning 0 (the "no stream" value its CPU kernels take). It is the one change pointseg makes
-  to spconv, made explicitly: by this module before it runs a CPU conv through spconv, or by a
-  user whose own network has plain ``spconv.pytorch`` layers (``pointseg.sparse``
-  exports it). Nothing is changed when CUDA is available.
+- On a CPU-only torch, spconv's backward (``ops.indice_conv_backward``) asks
+  ``torch.cuda.current_stream()`` and asserts. ``with allow_cpu_backward():`` points
+  ``spconv.pytorch.ops.get_current_stream`` at a function returning 0 (the "no stream" value
+  its CPU kernels take) for the block only, and puts spconv's function back afterwards. It is
+  the one change pointseg makes to spconv, made explicitly and scoped: around the backward of
+  the spconv convs this module runs (``native_conv``'s autograd functions enter it), or by a
+  user around the backward of a network with plain ``spconv.pytorch`` layers
+  (``pointseg.sparse`` exports it). Blocks nest and may overlap across threads: spconv's
+  function is put back when the last one ends. Nothing is changed when CUDA is available.
 - Under CUDA autocast an eval-mode implicit-GEMM call gets fp16 features and fp32 weights and
   spconv's tuner asserts "can't find suitable algorithm": both are cast to fp16 first, as
   spconv's autograd functions do in training. (spconv 2.3.8 has no bf16 conv kernels.)
 """
 
 from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from spconv.core import ConvAlgo
@@ -32,10 +40,50 @@ def _no_stream() -> int:
     return 0
 
 
-def allow_cpu_backward() -> None:
-    """Let spconv's backward run on CPU tensors with a CPU-only torch (see the module doc)."""
-    if not torch.cuda.is_available() and ops.get_current_stream is not _no_stream:
-        ops.get_current_stream = _no_stream
+_lock = threading.Lock()
+_depth = 0  # blocks of allow_cpu_backward open now, in any thread
+_saved: list[Any] = []  # spconv's get_current_stream while they are
+
+
+@contextlib.contextmanager
+def allow_cpu_backward() -> Iterator[None]:
+    """Within the block, spconv's backward runs on CPU tensors with a CPU-only torch (module
+    doc); spconv's ``ops.get_current_stream`` is restored when the last open block ends."""
+    global _depth
+    if torch.cuda.is_available():
+        yield
+        return
+    with _lock:
+        if _depth == 0:
+            _saved.append(ops.get_current_stream)
+            ops.get_current_stream = _no_stream
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                ops.get_current_stream = _saved.pop()
+
+
+def _scoped_backward(function: type[torch.autograd.Function]) -> Any:
+    """``function.apply`` of a subclass of spconv's autograd ``function`` whose backward runs
+    inside ``allow_cpu_backward``; the forward and the backward's arithmetic are spconv's."""
+
+    class Scoped(function):  # type: ignore[misc, valid-type]
+        @staticmethod
+        def backward(ctx: Any, *grads: Any) -> Any:
+            with allow_cpu_backward():
+                return function.backward(ctx, *grads)
+
+    Scoped.__name__ = Scoped.__qualname__ = f"Scoped{function.__name__}"
+    return Scoped.apply
+
+
+_subm_conv = _scoped_backward(Fsp.SubMConvFunction)
+_inverse_conv = _scoped_backward(Fsp.SparseInverseConvFunction)
+_conv = _scoped_backward(Fsp.SparseConvFunction)
 
 
 def algo_for(features: Tensor, kv: int) -> ConvAlgo:
@@ -83,21 +131,20 @@ def _out_shape(x: SparseConvTensor, ksize, stride, padding, dilation) -> list[in
 
 
 def native_conv(x: SparseConvTensor, weight: Tensor, data: IndiceData, *, inverse: bool) -> Tensor:
-    """spconv's Native conv (its gather/GEMM/scatter loop) with autograd; ``num_out`` rows."""
-    if not x.features.is_cuda:
-        allow_cpu_backward()
+    """spconv's Native conv (its gather/GEMM/scatter loop) with autograd, its backward inside
+    ``allow_cpu_backward``."""
     pairs = data.indice_pairs.to(x.features.device)
     if data.is_subm:
         n_out = data.out_indices.shape[0]
-        return Fsp.indice_subm_conv(x.features, weight, pairs, data.indice_pair_num, n_out,
-                                    ConvAlgo.Native, x._timer)  # fmt: skip
+        return _subm_conv(x.features, weight, pairs, data.indice_pair_num, n_out,
+                          ConvAlgo.Native, x._timer)  # fmt: skip
     if inverse:
         n_out = data.indices.shape[0]
-        return Fsp.indice_inverse_conv(x.features, weight, pairs, data.indice_pair_num, n_out,
-                                       ConvAlgo.Native, x._timer)  # fmt: skip
+        return _inverse_conv(x.features, weight, pairs, data.indice_pair_num, n_out,
+                             ConvAlgo.Native, x._timer)  # fmt: skip
     n_out = data.out_indices.shape[0]
-    return Fsp.indice_conv(x.features, weight, pairs, data.indice_pair_num, n_out,
-                           ConvAlgo.Native, x._timer)  # fmt: skip
+    return _conv(x.features, weight, pairs, data.indice_pair_num, n_out,
+                 ConvAlgo.Native, x._timer)  # fmt: skip
 
 
 def implicit_conv(

@@ -1,7 +1,12 @@
-"""The sparse tensor pointseg's networks take: validated voxel indices and features.
+"""The sparse tensor pointseg's networks take: validated voxel indices and features, and the
+sparse configuration its convs run on.
 
 spconv's ``SparseConvTensor`` is the container (features, indices, spatial shape, batch size and
-the per-forward rulebook cache ``indice_dict``). Traps guarded here:
+the per-forward rulebook cache ``indice_dict``). ``sparse_tensor`` records the configuration in
+force (``config.get_config()``, or its ``config=``) in ``indice_dict`` under ``CONFIG_KEY``:
+spconv hands that dict on to every tensor derived from this one (``replace_feature``, its own
+convs, pools and tables, ``sparse_conv``), so all of them run on the same record
+(``config_of``), whatever the process default becomes meanwhile. Traps guarded here:
 
 - indices that are not C-contiguous are read by spconv as if they were (``nonzero().int()`` is
   column-major): silently wrong rulebooks, so ``sparse_tensor`` makes them contiguous;
@@ -16,13 +21,32 @@ import torch
 from spconv.pytorch import SparseConvTensor
 from torch import Tensor
 
+from pointseg.sparse.config import SparseConfig, get_config
+
 __all__ = [
+    "CONFIG_KEY",
     "SparseConvTensor",
     "check_features",
     "check_indices",
+    "config_of",
     "sparse_tensor",
     "spatial_shape_for",
 ]
+
+# The indice_dict entry holding a tensor's SparseConfig; no conv may use it as its indice_key.
+CONFIG_KEY = "pointseg.sparse.config"
+
+
+def config_of(x: SparseConvTensor) -> SparseConfig:
+    """The configuration ``x``'s convs run on: the one recorded when ``x`` (or the tensor it
+    derives from) was made. A tensor made without ``sparse_tensor`` (plain spconv) records the
+    process default at its first conv, so it too is read once."""
+    config = x.indice_dict.get(CONFIG_KEY)
+    if config is None:
+        config = x.indice_dict.setdefault(CONFIG_KEY, get_config())
+    if not isinstance(config, SparseConfig):
+        raise TypeError(f"indice_dict[{CONFIG_KEY!r}] holds {config!r}, not a SparseConfig")
+    return config
 
 
 def check_features(feat: Tensor, num_rows: int | None = None) -> None:
@@ -97,11 +121,22 @@ def spatial_shape_for(indices: Tensor, levels: int) -> list[int]:
 
 
 def sparse_tensor(
-    feat: Tensor, indices: Tensor, batch_size: int, *, levels: int
+    feat: Tensor,
+    indices: Tensor,
+    batch_size: int,
+    *,
+    levels: int,
+    config: SparseConfig | None = None,
 ) -> SparseConvTensor:
-    """Validated ``SparseConvTensor`` (contiguous, unique int32 indices) for ``levels`` levels."""
+    """Validated ``SparseConvTensor`` (contiguous, unique int32 indices) for ``levels`` levels,
+    recording ``config`` (default: the process default now) for all its convs."""
     check_indices(indices, batch_size, unique=True)
     check_features(feat, num_rows=indices.shape[0])
     indices = indices.contiguous()  # spconv reads the raw buffer as row-major
     shape = spatial_shape_for(indices, levels)
-    return SparseConvTensor(feat.contiguous(), indices, shape, batch_size)
+    config = get_config() if config is None else config
+    if not isinstance(config, SparseConfig):
+        raise TypeError(f"config must be a SparseConfig, got {config!r}")
+    return SparseConvTensor(
+        feat.contiguous(), indices, shape, batch_size, indice_dict={CONFIG_KEY: config}
+    )

@@ -180,8 +180,8 @@ def test_viz_reads_a_las_ground_truth_through_the_models_class_map(
     _, _, gt, got_names, _ = viz._load(cfg)
     assert got_names == names and np.array_equal(gt, truth)
     assert (gt[codes == 64] == -1).all() and (gt[codes == 6] == names.index("building")).all()
-    assert [n for n, _ in legends[0][-3:]] == ["right (errors)", "wrong (errors)",
-                                               "not scored (errors)"]  # fmt: skip
+    assert [n for n, _ in legends[0][-4:]] == ["not labelled (ground truth)", "right (errors)",
+                                               "wrong (errors)", "not scored (errors)"]  # fmt: skip
     # a model of other classes: its map named on the command line, or one line asking for it
     two = _viz_cfg(tmp_path, input=str(out / "tile.labels.npy"), gt=str(tmp_path / "tile.laz"),
                    source=str(tmp_path / "tile.laz"), class_names=["ground", "other"],

@@ -17,6 +17,7 @@ import numpy as np
 
 from pointseg.viz.colors import (
     ERROR_LEGEND,
+    IGNORE_RGB,
     MODE_NAMES,
     camera,
     error_colors,
@@ -218,6 +219,8 @@ def render_comparison(
     images, backend = render_views(coord[idx], sets, size=size, view=view, point_size=point_size)
     present = set(np.unique(pred[idx]).tolist()) | (set() if gt is None else set(gt[idx].tolist()))
     legend = [(n, colors[i]) for i, n in enumerate(class_names) if i in present]
+    if "gt" in panels and gt is not None and (gt[idx] < 0).any():  # the dark grey points
+        legend.append(("not labelled (ground truth)", IGNORE_RGB))
     if "errors" in panels and gt is not None:
         legend += [(f"{name} (errors)", rgb) for name, rgb in ERROR_LEGEND]
     return compose(path, images, titles, legend, suptitle=title), backend

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from pointseg.io import read_points
-from pointseg.io.las import height_above_local_min, load_class_map
+from pointseg.io.hag import height_above_local_min
+from pointseg.io.las import load_class_map
 
 
 def miou(pred: np.ndarray, target: np.ndarray, num_classes: int) -> float:

@@ -12,7 +12,8 @@ from pointseg.data.scenes import read_scene
 from pointseg.data.transforms import Voxelize
 from pointseg.eval import evaluate
 from pointseg.io import read_points
-from pointseg.io.las import height_above_local_min, load_class_map
+from pointseg.io.hag import height_above_local_min
+from pointseg.io.las import load_class_map
 from pointseg.prepare import main as prepare_main
 from pointseg.prepare.common import PrepareError
 from pointseg.prepare.las import block_members, prepare
@@ -296,7 +297,7 @@ def test_hag_is_height_above_the_local_minimum() -> None:
 def test_hag_sparse_grid_equals_the_dense_grid(monkeypatch, dtype) -> None:
     """The occupied-cells path gives the dense grid's heights bit for bit: dense patches,
     lone points, gaps wider than a window, chunk anchors, several cell sizes."""
-    import pointseg.io.las as las
+    import pointseg.io.hag as las
 
     rng = np.random.default_rng(0)
     for trial in range(12):

@@ -81,7 +81,7 @@ def _same_octree_new_classes(src: Path, dst: Path, labels: np.ndarray) -> None:
     np.testing.assert_array_equal(hb.offsets, ha.offsets)
     assert (hb.point_format.id, hb.version, hb.point_count) == (
         ha.point_format.id, ha.version, ha.point_count)  # fmt: skip
-    from pointseg.io.copc_write import header_wkt
+    from pointseg.io.copc import header_wkt
 
     assert header_wkt(hb) == header_wkt(ha) != ""
 

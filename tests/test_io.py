@@ -242,6 +242,40 @@ def test_las_copy_with_classification(tmp_path: Path, cloud: dict, suffix: str) 
         write_las_classification(src, tmp_path / "bad.las", np.full(N, 40, np.uint8))
 
 
+def test_las_copy_of_a_box_through_a_code_table(tmp_path: Path, cloud: dict) -> None:
+    """The one LAS writer: labels mapped through ``lut``, only the box's points written, in
+    the order a read of the wider ``query`` box gives them; counts that do not match the
+    file, and codes the point format cannot hold, are refused before anything is written."""
+    import laspy
+
+    from pointseg.io.las_file import code_counts
+
+    src = tmp_path / "in.laz"
+    _write_las(src, cloud)
+    world = cloud["xyz"] + OFFSET
+    box = (OFFSET[0] + 5, OFFSET[1] + 5, OFFSET[0] + 12, OFFSET[1] + 15)
+    query = (box[0] - 3, box[1] - 3, box[2] + 3, box[3] + 3)
+    inside = (
+        (world[:, 0] >= box[0]) & (world[:, 0] <= box[2])
+        & (world[:, 1] >= box[1]) & (world[:, 1] <= box[3])
+    )  # fmt: skip
+    labels = cloud["label"][inside].astype(np.uint8)  # class indices 0..4
+    lut = np.array([2, 3, 5, 6, 9], np.uint8)
+    dst = write_las_classification(
+        src, tmp_path / "box.laz", labels, lut=lut, box=box, query=query, chunk_size=64
+    )
+    b = laspy.read(dst)
+    assert len(b.points) == int(inside.sum()) and 0 < len(b.points) < N
+    np.testing.assert_allclose(np.c_[b.x, b.y, b.z], world[inside], atol=2e-3)
+    np.testing.assert_array_equal(b.classification, lut[labels])
+    assert code_counts(dst) == dict(zip(*np.unique(lut[labels], return_counts=True), strict=True))
+    with pytest.raises(ValueError, match="labels for"):
+        write_las_classification(src, tmp_path / "short.las", labels)  # a box's labels, no box
+    with pytest.raises(ValueError, match="point format 3"):
+        write_las_classification(src, tmp_path / "big.las", cloud["label"], lut=lut + 40)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["box.laz", "in.laz"]
+
+
 def test_write_npy_atomic(tmp_path: Path) -> None:
     path = write_npy(tmp_path / "x.labels.npy", np.arange(5, dtype=np.uint8))
     np.testing.assert_array_equal(np.load(path), np.arange(5))

@@ -1,7 +1,8 @@
 """Point-cloud files in and out: PLY, PCD, XYZ/TXT/CSV, NPY/NPZ, LAS/LAZ and KITTI ``.bin``.
 
 ``formats`` holds format detection, the error types and the feature check, ``read`` the
-readers, ``write`` the writers; their public names are re-exported here.
+readers, ``write`` the writers, ``las_file`` the one LAS/LAZ/COPC reader and writer; their
+public names are re-exported here.
 """
 
 from pointseg.io.formats import (
@@ -13,6 +14,7 @@ from pointseg.io.formats import (
     detect_format,
     sniff_format,
 )
+from pointseg.io.las_file import write_las_classification
 from pointseg.io.read import Sample, read_points
 from pointseg.io.write import (
     atomic_path,
@@ -20,7 +22,6 @@ from pointseg.io.write import (
     read_ply_classes,
     unlabelled,
     write_labeled_ply,
-    write_las_classification,
     write_npy,
 )
 

@@ -1,15 +1,13 @@
-"""LAS/LAZ/COPC points in chunks, optionally only those in an x/y box.
+"""x/y boxes, COPC files and LAS headers: the pieces ``pointseg.io.las_file`` reads and
+writes LAS/LAZ/COPC files with.
 
-A COPC file (``.copc.laz``: a LAZ 1.4 file whose points are stored by octree node) with a box
-is read with ``laspy.CopcReader.query``, which decompresses only the nodes that touch the box;
-any other LAS/LAZ file (COPC without a box too) is read in file order with laspy's chunk
-iterator and filtered. Either way the points come in the same order on every pass, so a
-point's running index among the yielded points names it across passes.
+A COPC file (``.copc.laz``: a LAZ 1.4 file whose points are stored by octree node) is told by
+its VLRs (:func:`is_copc`); a box of it is read by a node query (:func:`copc_points`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,39 +55,20 @@ def las_header(path: str | Path) -> Any:
         return reader.header
 
 
-def point_chunks(path: str | Path, *, box: Box | None, chunk_size: int) -> Iterator[Any]:
-    """laspy ``ScaleAwarePointRecord`` chunks of the points in ``box`` (all without one)."""
+def copc_points(path: str | Path, box: Box) -> Any:
+    """The points of COPC file ``path`` in ``box``, through ``laspy.CopcReader.query``: only the
+    octree nodes that touch the box are decompressed, and the points outside it dropped."""
     import laspy
 
-    path = Path(path)
-    try:
-        if box is not None and is_copc(path):
-            with laspy.CopcReader.open(path) as reader:
-                lo, hi = reader.header.mins, reader.header.maxs
-                bounds = laspy.copc.Bounds(
-                    mins=np.array([box[0], box[1], lo[2] - 1.0]),
-                    maxs=np.array([box[2], box[3], hi[2] + 1.0]),
-                )
-                points = reader.query(bounds)
-            keep = in_box(np.asarray(points.x), np.asarray(points.y), box)
-            points.array = points.array[keep]
-            for i in range(0, len(points), chunk_size):
-                yield points[i : i + chunk_size]
-            return
-        with laspy.open(path) as reader:
-            for chunk in reader.chunk_iterator(chunk_size):
-                if box is not None:
-                    keep = in_box(np.asarray(chunk.x), np.asarray(chunk.y), box)
-                    if not keep.any():
-                        continue
-                    chunk = chunk[keep]
-                yield chunk
-    except PointFileError:
-        raise
-    except Exception as err:
-        raise PointFileError(
-            f"cannot read {path}: {err}; the file is truncated or damaged (re-export it)"
-        ) from err
+    with laspy.CopcReader.open(path) as reader:
+        lo, hi = reader.header.mins, reader.header.maxs
+        bounds = laspy.copc.Bounds(
+            mins=np.array([box[0], box[1], lo[2] - 1.0]),
+            maxs=np.array([box[2], box[3], hi[2] + 1.0]),
+        )
+        points = reader.query(bounds)
+    points.array = points.array[in_box(np.asarray(points.x), np.asarray(points.y), box)]
+    return points
 
 
 def plain_header(header: Any) -> Any:
@@ -103,3 +82,11 @@ def plain_header(header: Any) -> Any:
     if out.evlrs is not None:
         out.evlrs = [v for v in out.evlrs if not copc(v)]
     return out
+
+
+def header_wkt(header: Any) -> str:
+    """The WKT of a laspy header's ``WktCoordinateSystemVlr`` (VLR or EVLR), or ''."""
+    for vlr in [*header.vlrs, *(header.evlrs or [])]:
+        if type(vlr).__name__ == "WktCoordinateSystemVlr":
+            return str(vlr.string).rstrip("\x00")
+    return ""

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from pointseg.io.copc import header_wkt
 from pointseg.io.formats import PointFileError
 from pointseg.utils import atomic_path
 
@@ -42,14 +42,6 @@ def copc_output_name(path: Path) -> str:
     name = path.name
     stem = name[: -len(".copc.laz")] if name.lower().endswith(".copc.laz") else path.stem
     return f"{stem}.copc.laz"
-
-
-def header_wkt(header: Any) -> str:
-    """The WKT of a laspy header's ``WktCoordinateSystemVlr`` (VLR or EVLR), or ''."""
-    for vlr in [*header.vlrs, *(header.evlrs or [])]:
-        if type(vlr).__name__ == "WktCoordinateSystemVlr":
-            return str(vlr.string).rstrip("\x00")
-    return ""
 
 
 def write_copc_classification(

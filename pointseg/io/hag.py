@@ -3,7 +3,7 @@
 A cheap stand-in for a ground model on airborne scans, computed on an x/y grid of square
 cells: densely where the occupied cells fill a fair share of the bounding box, on the
 occupied cells alone where they do not (a few points over kilometres); both give the same
-minimum, bit for bit. ``pointseg.io.las.las_features`` makes the ``hag`` feature with it.
+minimum, bit for bit. ``pointseg.io.las_features.las_features`` makes the ``hag`` feature with it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """One parser per point-file format (text, NPY, NPZ, KITTI ``.bin``, PLY, PCD): each returns
 the file's raw columns in the sample vocabulary, which ``pointseg.io.read_points`` then
-checks, re-centres and scales the same way for every format (LAS: ``read_las``). Text tables
+checks, re-centres and scales the same way for every format (LAS: ``las_file``). Text tables
 are read by ``pointseg.io.text.read_table``, which ``pointseg-prepare s3dis`` uses too."""
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def read_points(
     """Read one file into a sample dict; ``require`` names features that must be present
     (checked before the points are read where the format allows it; ``feat_keys``, the model's
     whole list, makes the error's fix exact). ``las``: for LAS/LAZ files, the keyword options
-    of ``pointseg.io.las.las_features`` (the ones a model was trained with, stored in its
+    of ``pointseg.io.las_features.las_features`` (the ones a model was trained with, stored in its
     checkpoint); with them every LAS feature is computed exactly as ``pointseg-prepare las``
     computed it, without them just colour, intensity and returns are read. ``only``: keep
     just these keys (besides ``coord`` and ``origin``), which saves memory on big files.
@@ -70,7 +70,7 @@ def read_points(
             f"{path.stem}{ext} or pass format={actual}"
         )
     if fmt == "las":
-        from pointseg.io.read_las import read_las_points
+        from pointseg.io.las_file import read_las_points
 
         sample = read_las_points(
             path, require=require, chunk_size=chunk_size, las=las, feat_keys=feat_keys, only=only

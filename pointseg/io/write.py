@@ -1,5 +1,6 @@
-"""Writers: ``write_npy``, ``write_labeled_ply``, ``write_las_classification``, their label
-dtypes, and ``read_ply_classes`` (the class names ``write_labeled_ply`` stores).
+"""Writers: ``write_npy``, ``write_labeled_ply``, their label dtypes, and ``read_ply_classes``
+(the class names ``write_labeled_ply`` stores). The classified LAS/LAZ/COPC copy is written by
+``pointseg.io.las_file.write_las_classification``.
 
 The writers go through a temporary file in the target folder (``atomic_path``) and a
 rename, so a crash never leaves a half file.
@@ -12,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pointseg.io.formats import PointFileError
 from pointseg.utils import atomic_path
 
 
@@ -93,43 +93,3 @@ def read_ply_classes(path: str | Path) -> list[str] | None:
             if line == "end_header":
                 return None
     return None
-
-
-def write_las_classification(
-    src: str | Path, dst: str | Path, codes: np.ndarray, *, chunk_size: int = 2_000_000
-) -> Path:
-    """Copy LAS/LAZ ``src`` to ``dst`` (LAZ if ``dst`` ends in .laz) chunk by chunk with
-    ``classification`` replaced by ``codes (N,)``; every other field is kept. A ``dst`` named
-    ``.copc.laz`` is a COPC copy of a COPC ``src`` (``pointseg.io.copc_write``, needs copclib);
-    any other copy of a COPC file is plain LAS/LAZ, without the COPC records."""
-    import laspy
-
-    from pointseg.io.copc import plain_header
-
-    src, dst = Path(src), Path(dst)
-    if dst.resolve() == src.resolve():
-        raise PointFileError(f"refusing to overwrite the input {src}; choose another output")
-    if dst.name.lower().endswith(".copc.laz"):
-        from pointseg.io.copc_write import write_copc_classification
-
-        return write_copc_classification(src, dst, codes)
-    with laspy.open(src) as reader:
-        hdr = reader.header
-        limit = 31 if hdr.point_format.id < 6 else 255  # formats 0-5 keep 5 bits of class
-        if len(codes) != hdr.point_count:
-            raise ValueError(f"{len(codes)} codes for {hdr.point_count} points of {src}")
-        if len(codes) and int(codes.max()) > limit:
-            raise ValueError(
-                f"class code {int(codes.max())} does not fit LAS point format "
-                f"{hdr.point_format.id} of {src} (max {limit}); map classes to codes <= {limit} "
-                "with asprs_map=..."
-            )
-        with atomic_path(dst) as tmp:
-            compress = dst.suffix.lower() == ".laz"
-            with laspy.open(tmp, mode="w", header=plain_header(hdr), do_compress=compress) as w:
-                i = 0
-                for chunk in reader.chunk_iterator(chunk_size):
-                    chunk.classification = codes[i : i + len(chunk)]
-                    i += len(chunk)
-                    w.write_points(chunk)
-    return dst

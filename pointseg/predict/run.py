@@ -12,7 +12,7 @@ from __future__ import annotations
 import glob
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,21 +33,14 @@ from pointseg.io import (
     write_las_classification,
     write_npy,
 )
+from pointseg.io.las import class_codes
+from pointseg.io.las_file import max_class_code
 from pointseg.segmenter import Segmenter
 from pointseg.threads import set_threads
 from pointseg.utils import CONF_DIR
 from pointseg.viz.colors import palette
 
 log = logging.getLogger(__name__)
-
-# ASPRS standard classes by the names class maps use (LAS 1.4 R15, table 17)
-ASPRS_CODES: dict[str, int] = {
-    "never_classified": 0, "unclassified": 1, "other": 1, "ground": 2, "low_vegetation": 3,
-    "medium_vegetation": 4, "high_vegetation": 5, "building": 6, "noise": 7, "low_point": 7,
-    "water": 9, "rail": 10, "road_surface": 11, "road": 11, "wire_guard": 13,
-    "wire_conductor": 14, "transmission_tower": 15, "wire_connector": 16, "bridge_deck": 17,
-    "bridge": 17, "high_noise": 18,
-}  # fmt: skip
 
 
 def expand_inputs(spec: str | Sequence[str]) -> list[Path]:
@@ -75,40 +68,6 @@ def expand_inputs(spec: str | Sequence[str]) -> list[Path]:
         else:
             raise PointFileError(f"input {p} does not exist; give a file, a folder or a glob")
     return files
-
-
-def class_codes(class_names: Sequence[str], asprs_map: Any) -> np.ndarray:
-    """(K,) uint8 LAS classification code of every class.
-
-    ``asprs_map``: null/"auto" (the standard ASPRS code of a class named like one, else the
-    user-definable codes 64, 65, ... in class order), "index", a list of K codes, or a
-    mapping name -> code.
-    """
-    names = list(class_names)
-    if isinstance(asprs_map, Mapping):
-        missing = [n for n in names if n not in asprs_map]
-        if missing:
-            raise ValueError(
-                f"asprs_map has no code for class(es) {missing}; give one for each of {names}"
-            )
-        codes = [asprs_map[n] for n in names]
-    elif isinstance(asprs_map, Sequence) and not isinstance(asprs_map, str):
-        if len(asprs_map) != len(names):
-            raise ValueError(f"asprs_map lists {len(asprs_map)} codes for {len(names)} classes")
-        codes = list(asprs_map)
-    elif asprs_map in (None, "auto"):
-        # a class that is no standard ASPRS class gets a user-definable code (64+), never a
-        # standard code with another meaning (class index 2 would read as "ground")
-        user = iter(range(64, 256))
-        std = [ASPRS_CODES.get(n.lower()) for n in names]
-        codes = [c if c is not None else next(user) for c in std]
-    elif asprs_map == "index":
-        codes = list(range(len(names)))
-    else:
-        raise ValueError(f"asprs_map={asprs_map!r}: use auto, index, a list or a mapping")
-    if any(not isinstance(c, int) or not 0 <= c <= 255 for c in codes):
-        raise ValueError(f"asprs_map codes must be integers 0..255, got {codes}")
-    return np.asarray(codes, dtype=np.uint8)
 
 
 def _targets(
@@ -176,15 +135,14 @@ def _keep_las_copy_if_it_fits(
     """LAS point formats 0-5 hold classification codes 0-31 only (no user-definable range):
     a model whose classes need codes above that gets no classified copy of such a file, with
     a warning that says how to get one; its labels and PLY are written as usual."""
-    if "las" not in plan or int(codes.max()) <= 31:
+    if "las" not in plan or int(codes.max()) <= max_class_code(0):
         return
-    import laspy
+    from pointseg.io.copc import las_header
 
-    with laspy.open(path) as reader:
-        fmt = int(reader.header.point_format.id)
-    if fmt >= 6:
+    fmt = int(las_header(path).point_format.id)
+    if int(codes.max()) <= max_class_code(fmt):
         return
-    too_big = [n for n, c in zip(names, codes.tolist(), strict=True) if c > 31]
+    too_big = [n for n, c in zip(names, codes.tolist(), strict=True) if c > max_class_code(fmt)]
     log.warning(
         "%s: point format %d holds classification codes 0-31 only, and classes %s have "
         "codes above 31 (no ASPRS class of that name): no classified LAS copy is written; "
@@ -369,7 +327,7 @@ def _predict_file(
             chunk_size=chunk,
         )
     if "las" in plan:
-        write_las_classification(path, plan["las"], codes[pred.labels], chunk_size=chunk)
+        write_las_classification(path, plan["las"], pred.labels, lut=codes, chunk_size=chunk)
     n, dt = len(labels), time.perf_counter() - t0
     tqdm.write(
         f"{path.name}: {n:,} points, {pred.num_blocks} block(s), {dt:.1f} s (read {t_read:.1f}, "

@@ -18,7 +18,6 @@ model gives the box with its surroundings; the outputs hold the box's points in 
 
 from __future__ import annotations
 
-import inspect
 import math
 import shutil
 import tempfile
@@ -29,9 +28,16 @@ from typing import Any
 import numpy as np
 
 from pointseg.io import PointFileError, atomic_path, label_dtype
-from pointseg.io.copc import Box, in_box, plain_header, point_chunks
-from pointseg.io.las import LasTile, intensity_divisor_from_counts, las_features, unit_scale
-from pointseg.io.read_las import las_origin
+from pointseg.io.copc import Box, in_box, las_header
+from pointseg.io.las_features import (
+    INTENSITY_SCALE,
+    LasTile,
+    generic_features,
+    intensity_divisor_from_counts,
+    las_features,
+    unit_scale,
+)
+from pointseg.io.las_file import las_origin, point_chunks, write_las_classification, xyz_of
 from pointseg.segmenter import Segmenter
 
 _SPILL = np.dtype([("idx", "<i8"), ("coord", "<f4", 3), ("inten", "<u2"), ("rgb", "<u2", 3),
@@ -68,14 +74,12 @@ class _Grid:
 
 def _scan(path: Path, box: Box | None, chunk: int) -> dict[str, Any]:
     """Pass 1: origin, float32 min, maxima for the auto scales, point count."""
-    from pointseg.io.copc import las_header
-
     hdr = las_header(path)
     has_rgb = {"red", "green", "blue"} <= set(hdr.point_format.dimension_names)
     origin, lo, n, rgb_max = None, None, 0, 0
     ihist = np.zeros(65536, np.int64)  # intensities of the whole tile (or box), for its scale
     for pts in point_chunks(path, box=box, chunk_size=chunk):
-        xyz = np.stack([np.asarray(pts.x), np.asarray(pts.y), np.asarray(pts.z)], 1)
+        xyz = xyz_of(pts)
         if origin is None:  # as the whole-tile reader: from the header's minimum
             origin = las_origin(hdr.mins, hdr.maxs, xyz)
         c = (xyz - origin).astype(np.float32).min(0).astype(np.float64)
@@ -96,7 +100,7 @@ def _spill(path: Path, box: Box | None, core_box: Box | None, grid: _Grid, origi
     n_out, cores = 0, set()
     span = 2 * math.ceil(grid.ctx / grid.side) + 1
     for pts in point_chunks(path, box=box, chunk_size=chunk):
-        xyz = np.stack([np.asarray(pts.x), np.asarray(pts.y), np.asarray(pts.z)], 1)
+        xyz = xyz_of(pts)
         rec = np.zeros(len(pts), _SPILL)
         rec["coord"] = xyz - origin  # float64 subtraction, then float32 (as the reader)
         inside = in_box(xyz[:, 0], xyz[:, 1], core_box)
@@ -142,9 +146,8 @@ def _chunk_sample(rec: np.ndarray, seg: Segmenter, scan: dict[str, Any], path: P
             np.array([scan["rgb_max"]]), opts.get("color_scale", "auto")
         )
         # the tile's divisor, not each chunk's (a percentile of the chunk would differ)
-        default = inspect.signature(las_features).parameters["intensity_scale"].default
         opts["intensity_scale"] = intensity_divisor_from_counts(
-            scan["ihist"], opts.get("intensity_scale", default)
+            scan["ihist"], opts.get("intensity_scale", INTENSITY_SCALE)
         )
         # the height-above-ground cells of the whole tile, anchored at its minimum
         opts["hag_anchor"] = scan["lo"][:2].astype(np.float32)
@@ -157,12 +160,15 @@ def _chunk_sample(rec: np.ndarray, seg: Segmenter, scan: dict[str, Any], path: P
             raise PointFileError(f"{path}: cannot compute the model's LAS features: {err}") from err
         out.update(arrays)
     else:
-        div = intensity_divisor_from_counts(scan["ihist"], "auto")  # as read_points' LAS path
-        out["strength"] = (rec["inten"] / div).astype(np.float32)
-        out["strength"] = out["strength"][:, None]
-        out["returns"] = rec["ret"].astype(np.float32)
-        if colour:
-            out["color"] = (rgb / unit_scale(np.array([scan["rgb_max"]]))).astype(np.float32)
+        out.update(  # as the whole-tile reader: the tile's field ranges, not the chunk's
+            generic_features(
+                intensity=rec["inten"],
+                returns=rec["ret"],
+                rgb=rgb if colour else None,
+                intensity_div=intensity_divisor_from_counts(scan["ihist"], "auto"),
+                color_div=unit_scale(np.array([scan["rgb_max"]])),
+            )  # fmt: skip
+        )
     missing = [k for k in seg.file_features if k not in out]
     if missing:
         raise PointFileError(f"{path} lacks the model's feature(s) {missing}; label other tiles")
@@ -210,8 +216,9 @@ def stream_file(
             if done != n:
                 raise RuntimeError(f"{path}: {done} of {n} points labelled (chunk plan bug)")
             labels.flush()
-            if "las" in plan:
-                _write_las(path, plan["las"], labels, codes, ctx_box, bounds, chunk)
+            if "las" in plan:  # pass 3: the box's points (all without one), classified
+                write_las_classification(path, plan["las"], labels, lut=codes, box=bounds,
+                                         query=ctx_box, chunk_size=chunk)  # fmt: skip
             del labels
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -223,40 +230,3 @@ def stream_file(
             "class_counts": dict(zip(seg.class_names, hist.tolist(), strict=True)),
             "streamed_chunks": len(cores), "bounds": None if bounds is None else list(bounds),
             "nonfinite_points": 0}  # fmt: skip
-
-
-def _write_las(src: Path, dst: Path, labels: np.ndarray, codes: np.ndarray, box: Box | None,
-               core_box: Box | None, chunk: int) -> None:  # fmt: skip
-    """Pass 3: the points of ``core_box`` (all without one) with their classification set;
-    a ``.copc.laz`` ``dst`` (a whole COPC file) keeps the input's octree."""
-    import laspy
-
-    from pointseg.io.copc import las_header
-
-    if dst.name.lower().endswith(".copc.laz"):
-        from pointseg.io.copc_write import write_copc_classification
-
-        write_copc_classification(src, dst, labels, lut=codes)
-        return
-
-    hdr = plain_header(las_header(src))
-    limit = 31 if hdr.point_format.id < 6 else 255
-    if int(codes.max()) > limit:
-        raise ValueError(
-            f"class code {int(codes.max())} does not fit LAS point format "
-            f"{hdr.point_format.id} of {src}; map classes to codes <= {limit} with asprs_map="
-        )
-    i = 0
-    with atomic_path(dst) as tmp:
-        with laspy.open(tmp, mode="w", header=hdr, do_compress=dst.suffix.lower() == ".laz") as w:
-            for pts in point_chunks(src, box=box, chunk_size=chunk):
-                if core_box is not None:
-                    keep = in_box(np.asarray(pts.x), np.asarray(pts.y), core_box)
-                    if not keep.any():
-                        continue
-                    pts = pts[keep]
-                pts.classification = codes[labels[i : i + len(pts)]]
-                i += len(pts)
-                w.write_points(pts)
-        if i != len(labels):
-            raise RuntimeError(f"{src}: wrote {i} of {len(labels)} points")

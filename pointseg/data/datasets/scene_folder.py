@@ -70,7 +70,7 @@ class SceneFolder(Dataset):
     def reader_options(self) -> dict[str, Any]:
         """How ``pointseg.io.read_points`` must read the raw files these scenes came from to
         make the same features: for LAS tiles, the options the preparer gave
-        ``pointseg.io.las.las_features`` (recorded in each scene's ``meta.json``)."""
+        ``pointseg.io.las_features.las_features`` (recorded in each scene's ``meta.json``)."""
         meta_path = self.scenes[0] / "meta.json"
         if not meta_path.is_file():
             return {}

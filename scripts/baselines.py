@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from pointseg.io import read_points  # noqa: E402
 from pointseg.io.hag import height_above_local_min  # noqa: E402
-from pointseg.io.las import load_class_map, local_geometry  # noqa: E402
+from pointseg.io.las import load_class_map  # noqa: E402
+from pointseg.io.las_features import local_geometry  # noqa: E402
 from pointseg.metrics import scores  # noqa: E402
 
 RULE_RADII = (2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 50.0, 80.0)

@@ -113,6 +113,37 @@ def test_two_cpu_processes_match_one(ckpt: Path, tiles: Path, single, tmp_path: 
     assert sorted(summary["done"]) == sorted(str(p) for p in tiles.glob("*.laz"))
 
 
+def test_two_nodes_over_loopback_match_one(ckpt: Path, tiles: Path, single, tmp_path: Path) -> None:
+    """Two machines, played by two launches on this one: the same command with
+    ``trainer.num_nodes=2``, each with its ``NODE_RANK`` and the same ``MASTER_ADDR`` and
+    ``MASTER_PORT`` (gloo over the loopback), writing to one shared output folder. Together
+    they label every tile once, as one process does."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "out"
+    args = _args(ckpt, tiles, out, "trainer=ddp_cpu", "trainer.devices=1", "trainer.num_nodes=2")
+    procs = []
+    for rank in (0, 1):
+        run_dir = tmp_path / f"node{rank}"
+        run_dir.mkdir()
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                   NODE_RANK=str(rank))  # fmt: skip
+        env.pop("LOCAL_RANK", None)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "pointseg.predict", f"hydra.run.dir={run_dir / 'run'}", *args],
+            cwd=run_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        ))  # fmt: skip
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, log in zip(procs, logs, strict=True):
+        assert p.returncode == 0, log[-3000:]
+    _same(_outputs(out), single[1])
+    summary = json.loads((out / "predict.json").read_text())
+    assert len(summary["ranks"]) == 2 and all(r["points"] > 0 for r in summary["ranks"])
+
+
 def test_killed_run_resumes_without_redoing_tiles(
     ckpt: Path, tiles: Path, single, tmp_path: Path
 ) -> None:

@@ -1,8 +1,9 @@
 """Classical baselines for pointseg's real-data reports, fitted on the same training points:
 the height rule, HistGradientBoosting on hand-made per-point features, the Cloth Simulation
 Filter (PyPI ``cloth-simulation-filter``, lazily imported: ``pip install pointseg[dev]``) and
-the voxel ceiling (a perfect voxel classifier). Used by ``real_data.py`` and ``crossval.py``;
-IoU comes from ``pointseg.metrics``.
+the voxel ceiling (a perfect voxel classifier); ``fit_baselines`` fits every one of them on a
+split. Used by ``real_data.py`` and ``crossval.py``; confusion matrices and IoU come from
+``pointseg.metrics``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import itertools
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,7 @@ from pointseg.io import read_points  # noqa: E402
 from pointseg.io.hag import height_above_local_min  # noqa: E402
 from pointseg.io.las import load_class_map  # noqa: E402
 from pointseg.io.las_features import local_geometry  # noqa: E402
-from pointseg.metrics import scores  # noqa: E402
+from pointseg.metrics import confusion_matrix, scores  # noqa: E402
 
 RULE_RADII = (2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 50.0, 80.0)
 RULE_THRESHOLDS = tuple(np.round(np.arange(0.1, 3.01, 0.1), 2))
@@ -41,16 +43,20 @@ CSF_GRID = {
 
 
 def confusion(pred: np.ndarray, target: np.ndarray, k: int) -> np.ndarray:
-    keep = target >= 0
-    return np.bincount(target[keep] * k + pred[keep], minlength=k * k).reshape(k, k)
+    """``(k, k)`` counts (rows = target) of ``pointseg.metrics.confusion_matrix``; label -1
+    is ignored."""
+    pred_t, target_t = torch.as_tensor(pred), torch.as_tensor(target)
+    return confusion_matrix(pred_t, target_t, k, ignore_index=-1).numpy()
 
 
 def iou_of(cm: np.ndarray) -> np.ndarray:
-    """Per-class IoU (rows = target), NaN for a class neither present nor predicted."""
+    """``pointseg.metrics.scores``' per-class IoU of a numpy (or JSON list) confusion matrix
+    (rows = target), NaN for a class neither present nor predicted."""
     return scores(torch.as_tensor(np.asarray(cm, dtype=np.int64))).iou.numpy()
 
 
 def miou_of(cm: np.ndarray) -> float:
+    """``pointseg.metrics.scores``' mIoU of a numpy (or JSON list) confusion matrix."""
     return scores(torch.as_tensor(np.asarray(cm, dtype=np.int64))).miou
 
 
@@ -121,6 +127,14 @@ def kitti_points(scans: list[Path]) -> list[Points]:
         feat = np.concatenate([xyz[:, 2:3] - xyz[:, 2].min(), hag, local_geometry(xyz, k=16)], 1)
         out.append(Points(xyz, feat.astype(np.float32), map_labels(raw, source=label_path)))
     return out
+
+
+def load_points(kind: str, paths: list[Path], prepare: Sequence[str] = ()) -> list[Points]:
+    """The points of samples of one ``kind`` (las, scannet or semantickitti) as the baselines
+    see them; ``prepare`` (LAS only): the ``pointseg-prepare las`` options."""
+    if kind == "las":
+        return las_points(paths, prepare)
+    return {"scannet": scannet_points, "semantickitti": kitti_points}[kind](paths)
 
 
 def tune_rule(train: list[Points], ground: int) -> tuple[float, float, float]:
@@ -233,3 +247,29 @@ def voxel_ceiling(val: list[Points], k: int, voxel_size: float) -> np.ndarray:
         majority = votes[:, :k].argmax(1)
         cm += confusion(majority[vox.inverse], p.segment, k)
     return cm
+
+
+def fit_baselines(
+    train: list[Points], val: list[Points], k: int, *, ground: int | None = None,
+    voxel_size: float | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Every baseline of one split, fitted on ``train`` and scored on ``val``, JSON-ready
+    (arrays as lists): the val class counts and HGB's confusion matrix (``hgb_s``: seconds of
+    its fit and predict); with a ``ground`` class the height rule and CSF tuned on ``train``
+    (ground vs rest) and, given ``voxel_size``, the voxel ceiling."""
+    labels = np.concatenate([p.segment for p in val])
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {
+        "val_counts": np.bincount(labels[labels >= 0], minlength=k)[:k].tolist(),
+        "hgb": hgb_confusion(train, val, k).tolist(),
+        "hgb_s": time.perf_counter() - t0,
+    }
+    if ground is not None:
+        r, t, train_miou = tune_rule(train, ground)
+        cm = rule_confusion(val, ground, r, t)
+        out["rule"] = {"r": r, "t": t, "train": train_miou, "cm": cm.tolist()}
+        params, _ = tune_csf(train, ground)
+        out["csf"] = {"params": params, "cm": csf_binary(val, ground, params).tolist()}
+        if voxel_size is not None:
+            out["ceiling"] = voxel_ceiling(val, k, voxel_size).tolist()
+    return out

@@ -31,16 +31,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from baselines import (  # noqa: E402
-    csf_binary,
+    fit_baselines,
     ground_vs_rest,
-    hgb_confusion,
     iou_of,
     las_points,
     miou_of,
-    rule_confusion,
-    tune_csf,
-    tune_rule,
-    voxel_ceiling,
 )
 from real_data import AHN3_MAP, ASPRS_NAMES, Split, real_data_dir, run_cmd  # noqa: E402
 
@@ -87,19 +82,9 @@ def baselines(fold: Fold, data: Path, work: Path, voxel_size: float) -> dict[str
     s = fold.split
     train = las_points([data / f for f in s.train], s.prepare)
     val = las_points([data / f for f in s.val], s.prepare)
-    k, ground = len(s.class_names), s.class_names.index("ground")
-    labels = np.concatenate([p.segment for p in val])
-    r, t, _ = tune_rule(train, ground)
-    params, _ = tune_csf(train, ground)
-    csf_cm = csf_binary(val, ground, params)
-    out = {
-        "val_counts": np.bincount(labels[labels >= 0], minlength=k)[:k].tolist(),
-        "hgb": hgb_confusion(train, val, k).tolist(),
-        "rule": {"r": r, "t": t, "cm": rule_confusion(val, ground, r, t).tolist()},
-        "csf": {"params": params, "cm": np.asarray(csf_cm).tolist()},
-        "ceiling": voxel_ceiling(val, k, voxel_size).tolist(),
-        "seconds": time.perf_counter() - t0,
-    }
+    ground = s.class_names.index("ground")
+    out = fit_baselines(train, val, len(s.class_names), ground=ground, voxel_size=voxel_size)
+    out["seconds"] = time.perf_counter() - t0
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(out, indent=1))

@@ -26,7 +26,6 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,26 +34,17 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from baselines import (  # noqa: E402
-    Points,
-    csf_binary,
+    fit_baselines,
     ground_vs_rest,
-    hgb_confusion,
     iou_of,
-    kitti_points,
-    las_points,
+    load_points,
     miou_of,
-    rule_confusion,
-    scannet_points,
-    tune_csf,
-    tune_rule,
-    voxel_ceiling,
 )
 
-from pointseg.utils import atomic_path  # noqa: E402
+from pointseg.utils import atomic_write_text  # noqa: E402
 
 AHN3_MAP = "{classes: {ground: [2], building: [6], water: [9], other: [1, 26]}}"
 ASPRS_NAMES = [
@@ -118,7 +108,9 @@ SPLITS = [
 
 
 def run_cmd(cmd: list[str], log: Path) -> tuple[float, float, str]:
-    """Run ``cmd`` (output to ``log``); returns wall seconds, peak RSS (GiB) and its stdout."""
+    """Run ``cmd`` (output to ``log``); returns wall seconds, peak RSS (GiB) and its stdout.
+    The log is streamed, not written atomically: it can be followed while the step runs and
+    keeps what a crashed step printed."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "POINTSEG_ROOT": str(ROOT)}
     t0 = time.perf_counter()
     with log.open("w") as f:
@@ -141,11 +133,8 @@ def pointseg_run(split: Split, data: Path, work: Path, extra: list[str]) -> dict
     if split.kind == "las":
         src = work / "src"
         for sub, files in (("train", split.train), ("val", split.val)):
-            (src / sub).mkdir(parents=True, exist_ok=True)
             for f in files:
-                link = src / sub / Path(f).name
-                if not link.exists():
-                    link.symlink_to(data / f)
+                _link(src / sub / Path(f).name, data / f)
         dst = work / "scenes"
         cmds.append([py, "-m", "pointseg.prepare", "las", f"src={src}", f"dst={dst}",
                      "split_by=folder", *split.prepare])  # fmt: skip
@@ -155,9 +144,8 @@ def pointseg_run(split: Split, data: Path, work: Path, extra: list[str]) -> dict
                       f"data.class_names=[{names}]"]  # fmt: skip
     elif split.kind == "scannet":
         splits = work / "splits"
-        splits.mkdir(parents=True, exist_ok=True)
-        (splits / "train.txt").write_text("\n".join(Path(s).name for s in split.train) + "\n")
-        (splits / "val.txt").write_text("\n".join(Path(s).name for s in split.val) + "\n")
+        for sub, files in (("train", split.train), ("val", split.val)):
+            atomic_write_text(splits / f"{sub}.txt", "\n".join(Path(s).name for s in files) + "\n")
         dst = work / "scenes"
         cmds.append([py, "-m", "pointseg.prepare", "scannet", f"src={data / 'scannet'}",
                      f"dst={dst}", f"splits={splits}"])  # fmt: skip
@@ -165,15 +153,11 @@ def pointseg_run(split: Split, data: Path, work: Path, extra: list[str]) -> dict
     else:  # SemanticKITTI is read in place; the held-out scan is linked as sequence 08
         root = work / "kitti"
         for seq, files in (("00", split.train), ("08", split.val)):
-            for sub in ("velodyne", "labels"):
-                (root / "sequences" / seq / sub).mkdir(parents=True, exist_ok=True)
             for f in files:
                 scan = data / f
                 label = scan.parent.parent / "labels" / (scan.stem + ".label")
                 for path, sub in ((scan, "velodyne"), (label, "labels")):
-                    link = root / "sequences" / seq / sub / path.name
-                    if not link.exists():
-                        link.symlink_to(path)
+                    _link(root / "sequences" / seq / sub / path.name, path)
         train_args = [f"data.train_dataset.root={root}"]
     run_dir = work / "train"
     cmds.append([py, "-m", "pointseg.train", *train_args, *split.train_args, *extra,
@@ -204,13 +188,19 @@ def pointseg_run(split: Split, data: Path, work: Path, extra: list[str]) -> dict
     }
 
 
+def _link(link: Path, target: Path) -> None:
+    """A symlink to ``target`` at ``link`` (its folder made), unless one is there."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.exists():
+        link.symlink_to(target)
+
+
 # ---------------------------------------------------------------- the report
 
 
 def _save(path: Path, obj: dict) -> None:
     conv = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in obj.items()}
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(conv, indent=1))
+    atomic_write_text(path, json.dumps(conv, indent=1))
 
 
 def _load(path: Path, arrays: tuple[str, ...]) -> dict | None:
@@ -223,11 +213,6 @@ def _load(path: Path, arrays: tuple[str, ...]) -> dict | None:
 def run_split(
     split: Split, data: Path, work: Path, extra: list[str], skip_net: bool, reuse: bool
 ) -> dict:
-    loaders: dict[str, Callable[[list[Path]], list[Points]]] = {
-        "las": lambda p: las_points(p, split.prepare),
-        "scannet": scannet_points,
-        "semantickitti": kitti_points,
-    }
     if split.kind == "scannet":
         from pointseg.data.datasets.scannet_meta import CLASS_NAMES_20
 
@@ -245,24 +230,15 @@ def run_split(
         saved = None  # written before the CSF baseline: fit again
     if saved is None:
         t0 = time.perf_counter()
-        train = loaders[split.kind]([data / f for f in split.train])
-        val = loaders[split.kind]([data / f for f in split.val])
-        labels = np.concatenate([p.segment for p in val])
-        saved = {"val_counts": np.bincount(labels[labels >= 0], minlength=k)[:k]}
-        saved["hgb"] = hgb_confusion(train, val, k)
-        saved["hgb_s"] = time.perf_counter() - t0
-        if split.kind == "las":
-            ground = split.class_names.index("ground")
-            r, t, train_miou = tune_rule(train, ground)
-            cm = rule_confusion(val, ground, r, t)
-            saved["rule"] = {"r": r, "t": t, "train": train_miou, "cm": cm.tolist()}
-            params, _ = tune_csf(train, ground)
-            saved["csf"] = {"params": params, "cm": csf_binary(val, ground, params).tolist()}
-            saved["ceiling"] = voxel_ceiling(val, k, LAS_VOXEL).tolist()
+        train = load_points(split.kind, [data / f for f in split.train], split.prepare)
+        val = load_points(split.kind, [data / f for f in split.val], split.prepare)
+        read_s = time.perf_counter() - t0
+        ground = split.class_names.index("ground") if split.kind == "las" else None
+        saved = fit_baselines(train, val, k, ground=ground, voxel_size=LAS_VOXEL)
+        saved["hgb_s"] += read_s  # the report's HGB time includes reading the points
         _save(base_file, saved)
     res.update(saved)
     if "rule" in res:
-        res["rule"]["cm"] = np.asarray(res["rule"]["cm"])
         rule = res["rule"]
         print(f"[{split.name}] rule r={rule['r']} t={rule['t']}: {miou_of(rule['cm']):.3f}")
     print(f"[{split.name}] HistGradientBoosting mIoU {miou_of(res['hgb']):.3f}", flush=True)
@@ -300,17 +276,14 @@ def targets(res: dict) -> str:
 
 
 def write_report(results: list[dict], out: Path, argv: list[str]) -> None:
+    reused = " (with --reuse, parts that an earlier run saved under --work are taken)"
+    reused = reused if "--reuse" in argv else ""
     lines = [
         "# pointseg on real labelled samples",
         "",
         f"Written by `python scripts/real_data.py {shlex.join(argv)}` (`make realdata`) on "
-        f"{time.strftime('%Y-%m-%d')}: every figure below comes from one run of it"
-        + (
-            " (with --reuse, parts that an earlier run saved under --work are taken)"
-            if "--reuse" in argv
-            else ""
-        )
-        + ". The samples "
+        f"{time.strftime('%Y-%m-%d')}: every figure below comes from one run of it{reused}. "
+        "The samples "
         "are `../shared/data/real` (see its README.md); train on the first, score every point "
         "of the second. CPU only, 2 cores shared with other jobs: times are wall-clock on a busy "
         "machine and vary by 2-3x with the load.",
@@ -386,8 +359,7 @@ def write_report(results: list[dict], out: Path, argv: list[str]) -> None:
                       f"predict {res['hgb_s']:.0f} s. Commands:", "", "```"]  # fmt: skip
             exe = shlex.quote(sys.executable) + " "  # shown as the plain `python` it is
             lines += [c.replace(exe, "python ", 1) for c in net["commands"]] + ["```"]
-    with atomic_path(out) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+    atomic_write_text(out, "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -230,7 +230,7 @@ def test_unlisted_codes_stop_before_anything_is_written(
 def test_a_tile_failing_mid_write_leaves_none_of_its_blocks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pointseg.prepare.las as las_prep
+    import pointseg.prepare.las_blocks as las_blocks
 
     make_tile(tmp_path / "raw" / "a.las", n=800)
     dst = tmp_path / "out"
@@ -244,13 +244,13 @@ def test_a_tile_failing_mid_write_leaves_none_of_its_blocks(
             raise OSError("disk full")
         real_write(folder, *args, **kwargs)
 
-    real_write = las_prep.write_scene
-    monkeypatch.setattr(las_prep, "write_scene", failing)
+    real_write = las_blocks.write_scene
+    monkeypatch.setattr(las_blocks, "write_scene", failing)
     with pytest.raises(OSError, match="disk full"):
         prepare(tmp_path / "raw", dst, block_size=40)
     assert not (dst / "b").exists() and not (dst / ".done" / "b").exists()
     assert (dst / ".done" / "a").is_dir()  # the finished tile stays
-    monkeypatch.setattr(las_prep, "write_scene", real_write)
+    monkeypatch.setattr(las_blocks, "write_scene", real_write)
     assert prepare(tmp_path / "raw", dst, block_size=40)["prepared"] == 1
 
 

@@ -123,16 +123,35 @@ def run_net(fold: Fold, config: str, overrides: list[str], seed: int, data: Path
            f"data.class_names=[{names}]", f"seed={seed}", *overrides, "logger=none",
            f"hydra.run.dir={run / 'train'}"]  # fmt: skip
     train_s, rss, _ = run_cmd(cmd, run.parent / f"seed{seed}.train.log")
-    ckpt = run / "train" / "checkpoints" / "best.ckpt"
-    ecmd = [sys.executable, "-m", "pointseg.eval", f"ckpt_path={ckpt}", "report.enabled=false",
-            f"hydra.run.dir={run / 'eval'}"]  # fmt: skip
-    run_cmd(ecmd, run.parent / f"seed{seed}.eval.log")
-    metrics = json.loads((run / "eval" / "metrics.json").read_text())
-    out = {"cm": metrics["confusion_matrix"], "train_s": train_s, "train_gib": rss,
-           "commands": [shlex.join(cmd), shlex.join(ecmd)]}  # fmt: skip
+    out = {"train_s": train_s, "train_gib": rss, "commands": [shlex.join(cmd)]}
+    for which in ("best", "last"):
+        out.update(evaluated(run, which))
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(out, indent=1))
     return out
+
+
+def evaluated(run: Path, which: str) -> dict[str, Any]:
+    """The confusion matrix of the run's ``best`` or ``last`` checkpoint on the held-out tile
+    (``cm`` for best, ``cm_last`` for last), with the eval command."""
+    ckpt = run / "train" / "checkpoints" / f"{which}.ckpt"
+    ecmd = [sys.executable, "-m", "pointseg.eval", f"ckpt_path={ckpt}", "report.enabled=false",
+            f"hydra.run.dir={run / f'eval_{which}'}"]  # fmt: skip
+    run_cmd(ecmd, run.parent / f"{run.name}.eval_{which}.log")
+    metrics = json.loads((run / f"eval_{which}" / "metrics.json").read_text())
+    key = "cm" if which == "best" else "cm_last"
+    return {key: metrics["confusion_matrix"], f"eval_{which}": shlex.join(ecmd)}
+
+
+def chosen(result: dict[str, Any], run: Path, path: Path, which: str) -> dict[str, Any]:
+    """``result`` scored by its ``which`` checkpoint (as ``cm``); a run cached before last.ckpt
+    was scored is evaluated now (evaluation only, no training) and its cache updated."""
+    key = "cm" if which == "best" else "cm_last"
+    if key not in result:
+        result = {**result, **evaluated(run, which)}
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(json.dumps(result, indent=1))
+    return {**result, "cm": result[key]}
 
 
 # ---------------------------------------------------------------- report
@@ -150,7 +169,9 @@ def report(results: dict, fold_list: list[Fold], configs: dict[str, list[str]], 
         "",
         f"Written by `python scripts/crossval.py {shlex.join(argv)}` on "
         f"{time.strftime('%Y-%m-%d')}. Folds: each IGN tile held out in turn (trained on the other "
-        "five), AHN3 tile 1 -> 2 and 2 -> 1; every point of the held-out tile is scored. Figures "
+        "five), AHN3 tile 1 -> 2 and 2 -> 1; every point of the held-out tile is scored by "
+        "the run's last checkpoint unless `--checkpoint best` is given (best.ckpt is chosen "
+        "on the held-out tile, which would peek at the fold's answer). Figures "
         "are mean ± standard deviation over seeds; the fold mean is over folds of the seed means.",
         "",
         "Configs: "
@@ -251,6 +272,13 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="report the runs finished under --work; train nothing",
     )
+    ap.add_argument(
+        "--checkpoint",
+        choices=("last", "best"),
+        default="last",
+        help="checkpoint scored on the held-out tile: last (default; best.ckpt is chosen on "
+        "that same tile's validation, so it would peek at the fold's answer) or best",
+    )
     args = ap.parse_args(argv)  # fmt: skip
     data = real_data_dir()
     if not data.is_dir():
@@ -274,9 +302,12 @@ def main(argv: list[str] | None = None) -> None:
                 if args.cached_only:
                     path = args.work / fold.name / c / f"seed{seed}.json"
                     if path.is_file():
-                        res[c][seed] = json.loads(path.read_text())
+                        res[c][seed] = chosen(json.loads(path.read_text()), path.with_suffix(""),
+                                              path, args.checkpoint)  # fmt: skip
                     continue
-                res[c][seed] = run_net(fold, c, over, seed, data, args.work)
+                path = args.work / fold.name / c / f"seed{seed}.json"
+                res[c][seed] = chosen(run_net(fold, c, over, seed, data, args.work),
+                                      path.with_suffix(""), path, args.checkpoint)  # fmt: skip
                 if seed not in res[c]:
                     continue
                 m = miou_of(np.asarray(res[c][seed]["cm"]))

@@ -7,6 +7,8 @@ import ast
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -112,6 +114,49 @@ def test_pointseg_has_no_import_circle():
     graph = import_graph(ROOT / "pointseg")
     detail = [{m: sorted(graph[m] & set(c)) for m in c} for c in found]
     assert not found, f"import circles (module -> the circle's modules it imports): {detail}"
+
+
+MAX_LINES = 400
+
+
+# scripts/ joins once scripts/bench.py (1,109 lines) is split into runner classes
+@pytest.mark.parametrize("folder", ["pointseg"])
+def test_no_file_is_over_400_lines(folder):
+    """A file a newcomer can read in one sitting: split along its ideas when it grows."""
+    long = {
+        p.relative_to(ROOT).as_posix(): n
+        for p in sorted((ROOT / folder).rglob("*.py"))
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, f"files over {MAX_LINES} lines (split them along their ideas): {long}"
+
+
+def test_las_files_are_read_and_written_in_one_module():
+    """Every LAS/LAZ/COPC point read and write goes through ``pointseg.io.las_file`` (and the
+    COPC node writer it calls): no other module iterates a laspy reader's chunks or opens a
+    LAS file for writing, and the ASPRS code table has one home (``pointseg.io.las``)."""
+    homes = {"pointseg/io/las_file.py"}
+    offenders = {}
+    for path in sorted((ROOT / "pointseg").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        tree = ast.parse(path.read_text(), rel)
+        for node in ast.walk(tree):
+            reads = isinstance(node, ast.Attribute) and node.attr in (
+                "chunk_iterator",
+                "write_points",
+            )
+            if reads and rel not in homes:
+                offenders.setdefault(rel, []).append(f"{node.attr} (line {node.lineno})")
+            if isinstance(node, ast.Assign | ast.AnnAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for t in targets:
+                    if (
+                        isinstance(t, ast.Name)
+                        and t.id == "ASPRS_CODES"
+                        and rel != "pointseg/io/las.py"
+                    ):
+                        offenders.setdefault(rel, []).append(f"ASPRS_CODES (line {node.lineno})")
+    assert not offenders, f"LAS reads/writes outside pointseg/io/las_file.py: {offenders}"
 
 
 PRE_MOVE = ROOT / "tests" / "data" / "pre_move_synthetic.ckpt"

@@ -271,10 +271,11 @@ def write_las_classification(
     with _open(src) as reader:
         hdr = reader.header
     limit = max_class_code(hdr.point_format.id)
-    used = np.unique(np.asarray(labels)) if lut is None else np.asarray(lut)
-    if len(used) and int(used.max()) > limit:
+    codes = np.asarray(labels if lut is None else lut)
+    top = int(codes.max()) if codes.size else 0  # the largest code the copy may hold
+    if top > limit:
         raise ValueError(
-            f"class code {int(used.max())} does not fit LAS point format {hdr.point_format.id} "
+            f"class code {top} does not fit LAS point format {hdr.point_format.id} "
             f"of {src} (max {limit}); map classes to codes <= {limit} with asprs_map=..."
         )
     if box is None and len(labels) != hdr.point_count:

@@ -1,4 +1,5 @@
-"""Checkpointing that survives crashes: periodic ``last.ckpt``, written atomically."""
+"""Lightning callbacks of every run: crash-safe checkpoints (a periodic ``last.ckpt``, written
+atomically) and a CPU thread count that follows the machine's load (``FollowLoad``)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from pointseg.checkpoint import save_checkpoint
+from pointseg.threads import ThreadGovernor
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -49,3 +52,45 @@ class LastCheckpoint(ModelCheckpoint):
     @property
     def state_key(self) -> str:  # distinct from the best-model callback's key
         return f"LastCheckpoint{{dirpath={self.dirpath}}}"
+
+
+class FollowLoad(pl.Callback):
+    """Between batches, lowers torch's CPU thread count while other processes keep CPUs busy,
+    and raises it back, up to the run's count (``pointseg.threads.ThreadGovernor``); at the end
+    of the run the run's count is set again.
+
+    It changes no result: every CPU op of a training step, eval forward and prediction gives the
+    same bits on any thread count (``tests/test_thread_invariance.py``), so a run next to busy
+    neighbours trains the same model as on a quiet machine. Inactive on accelerators. The entry
+    points add it unless ``follow_load=false``.
+    """
+
+    def __init__(self, *, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.governor: ThreadGovernor | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer.strategy.root_device.type == "cpu" and self.governor is None:
+            self.governor = ThreadGovernor(torch.get_num_threads(), interval=self.interval)
+
+    def update(self) -> None:
+        """Follow the load now (cheap: samples at most once per ``interval`` seconds)."""
+        if self.governor is not None:
+            self.governor.update()
+
+    def on_train_batch_start(self, *args: Any, **kwargs: Any) -> None:
+        self.update()
+
+    def on_validation_batch_start(self, *args: Any, **kwargs: Any) -> None:
+        self.update()
+
+    def on_test_batch_start(self, *args: Any, **kwargs: Any) -> None:
+        self.update()
+
+    def on_predict_batch_start(self, *args: Any, **kwargs: Any) -> None:
+        self.update()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.governor is not None:
+            torch.set_num_threads(self.governor.limit)
+            self.governor = None

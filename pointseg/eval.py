@@ -23,6 +23,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pointseg.callbacks import FollowLoad
 from pointseg.checkpoint import load_checkpoint
 from pointseg.guards import (
     CheckpointMismatchError,
@@ -133,6 +134,7 @@ def _lightning_loop(
         logger=pl.loggers.CSVLogger(run_dir, name="csv", version=""),
         default_root_dir=run_dir,
         enable_checkpointing=False,
+        callbacks=[FollowLoad()] if cfg.get("follow_load", True) else [],
     )
     if split == "val":
         trainer.validate(module, dataloaders=datamodule.val_dataloader(), verbose=False)
@@ -202,7 +204,8 @@ def _render_worst(cfg, run_dir, predictor, dataset, per_scene, n) -> list[tuple[
 @guard_task("pointseg-eval")
 def _hydra_main(cfg: DictConfig) -> None:
     reuse_freed_memory()
-    set_threads(cfg.get("threads"))  # once, for the run: pointseg/threads.py
+    # once, for the run (pointseg/threads.py); FollowLoad lowers it while others are busy
+    set_threads(cfg.get("threads"), follow_load=bool(cfg.get("follow_load", True)))
     result = evaluate(cfg)
     split = result["split"]
     print(f"{split}/miou: {result[f'{split}/miou']:.4f}")

@@ -54,6 +54,8 @@ class Segmenter:
         self.options = options or InferenceOptions()
         self.align = 2**stages
         self.pre_transform = recipe.build_transforms()
+        # called before every block by pointseg-predict (its ThreadGovernor); None in a library
+        self.block_hook: Callable[[], Any] | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -195,6 +197,8 @@ class Segmenter:
             by_voxel = np.argsort(vox.inverse, kind="stable")
             first = np.concatenate([[0], np.cumsum(vox.counts)[:-1]])
         for ids, weight in blocks:
+            if self.block_hook is not None:
+                self.block_hook()
             grid = vox.grid[ids].astype(np.int64)
             if point_in is None:
                 probs = self._scores(grid, vox.feat[ids], vox.counts[ids], vox.groups)

@@ -1,27 +1,34 @@
 """CPU thread policy for every pointseg entry point: how many threads, and how they wait.
 
-- **How many**: one count for the whole run, set once by the entry point (``pointseg-train``,
+- **How many, at most**: one count for the run, set once by the entry point (``pointseg-train``,
   ``-eval``, ``-predict``, ``-prune``, ``-submit``: their ``@hydra.main`` wrappers call
-  ``set_threads`` before any tensor work) and never changed while it runs. The count is, in
-  this order: the config's ``threads: N``; ``OMP_NUM_THREADS``; the CPUs this process may use
-  (``available_cpus``: its affinity mask, ``os.sched_getaffinity``, capped by a cgroup CPU
-  quota, v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us / cpu.cfs_period_us``, which
-  ``os.cpu_count()`` ignores). Under DDP, Lightning's launcher gives each rank its share
-  (``OMP_NUM_THREADS`` = CPUs / ranks, inherited by the ranks it starts), which the second rule
-  then keeps. Library functions (``train()``, ``evaluate()``, ``Segmenter``) never change the
-  thread count: a caller's own setting is theirs.
-- **Why fixed**: torch's CPU reductions (``Tensor.sum`` over all elements, batch norm's
-  statistics) split their sums by the thread count, so the same seed on 1 and on 2 threads gives
-  different weights; a count that follows the machine's load (the governor pointseg once had)
-  makes the model depend on what else ran. pointseg's own sparse-conv kernels give the same bits
-  on 1 and 2 threads (``tests/test_thread_invariance.py``); the fixed count is what makes a whole
-  run reproducible, quiet machine or busy.
+  ``set_threads`` before any tensor work). The count is, in this order: the config's
+  ``threads: N``; ``OMP_NUM_THREADS``; the CPUs this process may use (``available_cpus``: its
+  affinity mask, ``os.sched_getaffinity``, capped by a cgroup CPU quota, v2 ``cpu.max`` or v1
+  ``cpu.cfs_quota_us / cpu.cfs_period_us``, which ``os.cpu_count()`` ignores). Under DDP,
+  Lightning's launcher gives each rank its share (``OMP_NUM_THREADS`` = CPUs / ranks,
+  inherited by the ranks it starts), which the second rule then keeps. Library functions
+  (``train()``'s code, ``evaluate()``, ``Segmenter``) never change the thread count.
+- **How many, now** (``follow_load: true``, the default of train, eval and predict): a
+  ``ThreadGovernor``, driven between batches by the ``pointseg.callbacks.FollowLoad``
+  callback (and between a file's blocks by pointseg-predict), lowers the count while other
+  processes keep CPUs busy and raises it back. Other processes are everything but this run's
+  process tree (``run_root``: its DataLoader workers and DDP ranks are its own). Two OpenMP
+  threads next to one busy process wait for each other at every barrier: a training step ran
+  6x slower than alone, one thread 1x.
+- **Why that changes no result**: every CPU op of a training step gives the same bits on any
+  thread count (``tests/test_thread_invariance.py``): pointseg's sparse-conv kernels and
+  voxelizer split their work by rows; its ``BatchNorm1d`` and ``gather_rows`` sum per channel
+  and in point order, where torch's kernels sum in per-thread parts; MKL's GEMMs run in its
+  strict reproducible mode (``MKL_CBWR=AUTO,STRICT``, ``MKL_DEFAULTS``). So the same seed gives
+  the same model on a quiet machine or a busy one, on 1 thread or 2.
 - **How they wait**: OpenMP threads spin for a while at a barrier before they sleep. Sleeping at
   once (``OMP_WAIT_POLICY=PASSIVE``) survives a busy neighbour but cost 1.65x on an idle
   machine (every region pays a wake-up); a short spin (``GOMP_SPINCOUNT``) is the default. OpenMP
-  reads it when torch loads it, so ``openmp_env_defaults`` runs in ``pointseg/__init__.py``,
-  before torch is imported; a wait setting the user made is kept. Contention figures:
-  ``docs/benchmarks.md``, "Threads under contention".
+  reads it when torch loads it, and MKL reads ``MKL_CBWR`` at its first call, so
+  ``openmp_env_defaults`` runs in ``pointseg/__init__.py``, before torch is imported; a
+  setting the user made is kept. Contention figures: ``docs/benchmarks.md``, "Threads under
+  contention".
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import logging
 import math
 import os
 import re
+import time
 from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -42,13 +50,20 @@ log = logging.getLogger(__name__)
 OPENMP_DEFAULTS = {"GOMP_SPINCOUNT": "30000", "KMP_BLOCKTIME": "1"}
 # Set by the user (any of them): the wait policy is theirs and pointseg adds nothing.
 WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+# MKL's strict conditional numerical reproducibility: its GEMMs give the same bits on any thread
+# count (without it, a product over 100 k rows splits its inner sum between threads); "AUTO"
+# keeps the CPU's fastest code path. MKL reads it at its first call. A user's MKL_CBWR is kept.
+MKL_DEFAULTS = {"MKL_CBWR": "AUTO,STRICT"}
 
 
 def openmp_env_defaults(env: MutableMapping[str, str] | None = None) -> None:
-    """Put ``OPENMP_DEFAULTS`` into ``env`` (``os.environ``) unless a wait setting is there."""
+    """Put ``OPENMP_DEFAULTS`` into ``env`` (``os.environ``) unless a wait setting is there,
+    and ``MKL_DEFAULTS`` unless ``MKL_CBWR`` is."""
     env = os.environ if env is None else env
     if not any(name in env for name in WAIT_SETTINGS):
         env.update(OPENMP_DEFAULTS)
+    if "MKL_CBWR" not in env:
+        env.update(MKL_DEFAULTS)
 
 
 def _cgroup_quota(root: Path) -> float | None:
@@ -102,23 +117,174 @@ def thread_count(threads: int | None = None, *, env: Mapping[str, str] | None = 
     return n
 
 
-def set_threads(threads: int | None = None) -> int:
-    """Fix torch's thread count for the whole run (``thread_count``) and return it. For entry
-    points only, once, before any tensor work; an explicit ``threads`` is also exported as
-    ``OMP_NUM_THREADS``, so every process the run starts (DDP ranks) uses it too."""
+def set_threads(threads: int | None = None, *, follow_load: bool = False) -> int:
+    """Set torch's thread count for the run (``thread_count``) and return it. For entry points
+    only, once, before any tensor work; an explicit ``threads`` is also exported as
+    ``OMP_NUM_THREADS``, so every process the run starts (DDP ranks) uses it too. The run's
+    process-tree root (``RUN_PID``) is exported for ``ThreadGovernor``; ``follow_load``: one
+    will follow the machine's load (no busy-machine hint then)."""
     import torch
 
     chosen = bool(threads) or bool(os.environ.get("OMP_NUM_THREADS", "").strip())
     n = thread_count(threads)
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(n)
+    os.environ[RUN_PID] = str(run_root())
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
-    log.info("torch CPU threads: %d", n)
-    hint = None if chosen else busy_machine_hint(n)
+    log.info("torch CPU threads: %d%s", n, " (at most, following the load)" if follow_load else "")
+    hint = None if chosen or follow_load else busy_machine_hint(n)
     if hint:
         log.warning(hint)
     return n
+
+
+# The pid whose process tree is this run: its DataLoader workers and DDP ranks (started by it,
+# and inheriting the variable) are never "other processes" to ``ThreadGovernor``.
+RUN_PID = "POINTSEG_RUN_PID"
+
+
+def _stat_fields(pid: int | str, proc: Path) -> list[str] | None:
+    """The fields after the command name of ``/proc/<pid>/stat`` (field 3 onwards)."""
+    try:
+        text = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _ancestors(pid: int, proc: Path) -> list[int]:
+    """``pid`` and its ancestors, nearest first."""
+    chain = [pid]
+    while pid > 1:
+        fields = _stat_fields(pid, proc)
+        if fields is None:
+            break
+        pid = int(fields[1])  # ppid
+        chain.append(pid)
+    return chain
+
+
+def run_root(*, env: Mapping[str, str] | None = None, proc: Path = Path("/proc")) -> int:
+    """The root of this run's process tree: ``RUN_PID`` where it names this process or an
+    ancestor (a DDP rank or worker of the run); the parent under torchrun, whose agent starts
+    the ranks; else this process."""
+    env = os.environ if env is None else env
+    chain = _ancestors(os.getpid(), proc)
+    raw = env.get(RUN_PID, "")
+    if raw.isdigit() and int(raw) in chain:
+        return int(raw)
+    if "TORCHELASTIC_RUN_ID" in env and len(chain) > 1:
+        return chain[1]
+    return chain[0]
+
+
+def tree_cpu_seconds(root: int, *, proc: Path = Path("/proc")) -> dict[int, float]:
+    """CPU seconds (user + system) of ``root`` and of every live descendant, by pid."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parent, cpu = {}, {}
+    for entry in os.scandir(proc):
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(entry.name, proc)
+        if fields is None:
+            continue
+        pid = int(entry.name)
+        parent[pid] = int(fields[1])
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in cpu and pid not in found:
+            found[pid] = cpu[pid]
+            todo.extend(children.get(pid, ()))
+    return found
+
+
+def _busy_seconds(cpus: set[int], stat: Path) -> float | None:
+    """CPU seconds spent busy (user, nice, system, irq, softirq, steal) since boot on ``cpus``,
+    from ``/proc/stat``; None where the file cannot be read."""
+    try:
+        lines = stat.read_text().splitlines()
+    except OSError:
+        return None
+    ticks = 0
+    for line in lines:
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
+            continue
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+        ticks += user + nice + system + irq + softirq + steal
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class ThreadGovernor:
+    """Keeps torch's thread count at the CPUs that other processes leave idle, at most
+    ``limit`` (the run's count). Result-neutral: every CPU op of a step gives the same bits on
+    any count (``tests/test_thread_invariance.py``). Called between batches by
+    ``pointseg.callbacks.FollowLoad`` and between blocks of a file by pointseg-predict.
+
+    ``update()`` is cheap when called often: it samples at most once per ``interval`` seconds.
+    Over a sample, others = (busy CPU seconds on our CPUs - this run's CPU seconds, its process
+    tree's: workers and DDP ranks included) / wall seconds; the count becomes
+    ``round(len(cpus) - others)``, clamped to [1, ``limit``]. OpenMP threads that miss a
+    barrier because a neighbour holds their CPU cost far more than the thread they add: two
+    fixed threads next to one busy process ran a step 6x slower than alone, one thread 1x.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        *,
+        interval: float = 1.0,
+        stat: Path = Path("/proc/stat"),
+        cpus: set[int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        ours: Callable[[], dict[int, float]] | None = None,
+    ) -> None:
+        self.limit, self.interval, self.stat = max(1, limit), interval, stat
+        self.cpus = affinity() if cpus is None else cpus
+        root = run_root()
+        self.clock = clock
+        self.ours = ours if ours is not None else (lambda: tree_cpu_seconds(root))
+        self.threads, self.others = self.limit, 0.0
+        self._last = self._sample()
+
+    def _sample(self) -> tuple[float, float, dict[int, float]] | None:
+        busy = _busy_seconds(self.cpus, self.stat)
+        return None if busy is None else (self.clock(), busy, self.ours())
+
+    def update(self) -> int:
+        """Re-sample when ``interval`` has passed; set and return the thread count."""
+        if self._last is None:  # no /proc/stat: the run's count
+            return self.threads
+        if self.clock() - self._last[0] < self.interval:
+            return self.threads
+        sample = self._sample()
+        if sample is None:
+            return self.threads
+        (t0, busy0, ours0), (t1, busy1, ours1) = self._last, sample
+        self._last = sample
+        wall = t1 - t0
+        if wall <= 0:
+            return self.threads
+        # a process born in the interval counts from 0; one that ended is lost for a sample
+        ours = sum(sec - ours0.get(pid, 0.0) for pid, sec in ours1.items())
+        self.others = max(0.0, (busy1 - busy0 - ours) / wall)
+        threads = min(self.limit, max(1, int(len(self.cpus) - self.others + 0.5)))
+        if threads != self.threads:
+            import torch
+
+            log.info(
+                "threads: %d -> %d (other processes kept %.1f of %d CPUs busy)",
+                self.threads, threads, self.others, len(self.cpus),
+            )  # fmt: skip
+            torch.set_num_threads(threads)
+            self.threads = threads
+        return threads
 
 
 def busy_machine_hint(n: int, *, load: float | None = None) -> str | None:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_only
 
+from pointseg.callbacks import FollowLoad
 from pointseg.guards import INPUT_ERROR_EXIT, guard_task, run_hydra
 from pointseg.lit_module import ScheduleError
 from pointseg.metrics import format_table
@@ -128,6 +129,8 @@ def _fit(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
     log.info("model: %s parameters", f"{sum(p.numel() for p in module.parameters()):,}")
 
     callbacks = [*instantiate_list(cfg.get("callbacks")), ValidateAtEnd()]
+    if cfg.get("follow_load", True):
+        callbacks.append(FollowLoad())
     loggers = instantiate_list(cfg.get("logger"))
     if not loggers:  # logger=none: a learning-rate monitor would have nowhere to write
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
@@ -180,7 +183,8 @@ def print_summary(result: dict[str, Any]) -> None:
 @guard_task("pointseg-train")
 def _hydra_main(cfg: DictConfig) -> None:
     reuse_freed_memory()  # the console script only: a library call leaves the allocator alone
-    set_threads(cfg.get("threads"))  # once, for the run: pointseg/threads.py
+    # once, for the run (pointseg/threads.py); FollowLoad lowers it while others are busy
+    set_threads(cfg.get("threads"), follow_load=bool(cfg.get("follow_load", True)))
     try:
         result = train(cfg)
     except (ResumeError, ScheduleError) as err:

@@ -114,10 +114,16 @@ def test_a_run_writes_its_report_and_figures(tmp_path: Path) -> None:
 def test_thread_worker_times_one_configuration() -> None:
     from benchmarks.threads import thread_run
 
-    seconds, voxels = thread_run("predict", 1, 1)
-    assert seconds > 0 and voxels == len(room_batch(2, 0.05)[1])
+    from pointseg.threads import available_cpus
+
+    seconds, voxels, threads = thread_run("predict", "1", 1)
+    assert seconds > 0 and voxels == len(room_batch(2, 0.05)[1]) and threads == 1
+    seconds, _, threads = thread_run("predict", "fixed", 1)
+    assert seconds > 0 and threads == available_cpus()
     with pytest.raises(RuntimeError, match="kind must be"):
-        thread_run("train", 1, 1)
+        thread_run("train", "1", 1)
+    with pytest.raises(RuntimeError, match="mode must be"):
+        thread_run("predict", "2", 1)
 
 
 def test_inference_checkpoint_loads_without_trust(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from pointseg.eval import evaluate
+from pointseg.threads import RUN_PID
 from pointseg.train import train
 from tests.conftest import TINY, TINY_MODEL
 
@@ -24,8 +25,15 @@ ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["logger=csv", "callbacks.progress_bar.refresh_rate=0"]
 
 
+def run_env(**extra: str) -> dict[str, str]:
+    """This environment for a training process, without this process's run id: the training's
+    own thread governor must see the test's neighbour as another process, not its own."""
+    env = {k: v for k, v in os.environ.items() if k != RUN_PID}
+    return {**env, **extra}
+
+
 def run_train_cli(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = run_env(PYTHONUNBUFFERED="1")
     return subprocess.Popen(
         [sys.executable, "-m", "pointseg.train", f"paths.root_dir={cwd}", *QUIET, *args],
         cwd=cwd,
@@ -142,9 +150,7 @@ print("RESULT " + json.dumps(result))
 
 
 def train_in_a_process(overrides: list[str], root: Path) -> dict:
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    )
+    env = run_env(PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run(
         [sys.executable, "-c", _LIBRARY_RUN, str(root), json.dumps(overrides)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,14 @@ from pointseg import threads
 def test_openmp_defaults_only_when_the_user_set_none() -> None:
     env: dict[str, str] = {}
     threads.openmp_env_defaults(env)
-    assert env == threads.OPENMP_DEFAULTS and "GOMP_SPINCOUNT" in env
+    assert env == {**threads.OPENMP_DEFAULTS, **threads.MKL_DEFAULTS} and "GOMP_SPINCOUNT" in env
     for mine in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "1000"}):
         env = dict(mine)
         threads.openmp_env_defaults(env)
-        assert env == mine
+        assert env == {**mine, **threads.MKL_DEFAULTS}
+    env = {"MKL_CBWR": "COMPATIBLE"}
+    threads.openmp_env_defaults(env)
+    assert env == {"MKL_CBWR": "COMPATIBLE", **threads.OPENMP_DEFAULTS}
 
 
 def test_import_sets_the_wait_policy_before_torch_loads() -> None:
@@ -67,8 +71,9 @@ def test_set_threads_fixes_the_count_and_exports_an_explicit_one(monkeypatch) ->
     (Lightning keeps a set ``OMP_NUM_THREADS``); the default exports nothing, so Lightning can
     give each rank its share."""
     before = torch.get_num_threads()
-    monkeypatch.setenv("OMP_NUM_THREADS", "")  # restored (or removed) after the test
-    monkeypatch.delenv("OMP_NUM_THREADS")
+    for name in ("OMP_NUM_THREADS", threads.RUN_PID):
+        monkeypatch.setenv(name, "")  # restored (or removed) after the test
+        monkeypatch.delenv(name)
     try:
         assert threads.set_threads(None) == threads.available_cpus()
         assert torch.get_num_threads() == threads.available_cpus()
@@ -76,6 +81,7 @@ def test_set_threads_fixes_the_count_and_exports_an_explicit_one(monkeypatch) ->
         assert threads.set_threads(1) == 1 and torch.get_num_threads() == 1
         assert os.environ["OMP_NUM_THREADS"] == "1"
         assert threads.set_threads(None) == 1  # now from OMP_NUM_THREADS
+        assert os.environ[threads.RUN_PID] == str(os.getpid())  # for the run's own processes
     finally:
         torch.set_num_threads(before)
 
@@ -145,3 +151,75 @@ def test_busy_machine_hint_only_for_a_default_count_on_a_loaded_machine() -> Non
     assert threads.busy_machine_hint(1, load=5.0) is None
     hint = threads.busy_machine_hint(2, load=1.4)
     assert hint is not None and "load average 1.4" in hint and "threads=1" in hint
+
+
+class FakeMachine:
+    """``/proc/stat`` of 2 CPUs, a clock and this run's CPU seconds, moved by the test."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.stat, self.now, self.busy, self.ours = tmp_path / "stat", 0.0, 0.0, {1: 0.0}
+        self.write()
+
+    def write(self) -> None:
+        ticks = int(self.busy * os.sysconf("SC_CLK_TCK") / 2)
+        line = f"{ticks} 0 0 1000 0 0 0 0 0 0"
+        self.stat.write_text(f"cpu 0 0 0 0 0 0 0 0\ncpu0 {line}\ncpu1 {line}\n")
+
+    def advance(self, seconds: float, *, others: float, ours: float, child: float = 0.0) -> None:
+        """``seconds`` pass with ``others`` CPUs busy outside the run, ``ours`` in this
+        process and ``child`` in a process of the run."""
+        self.now += seconds
+        self.busy += seconds * (others + ours + child)
+        self.ours = {1: self.ours[1] + seconds * ours, 2: self.ours.get(2, 0.0) + seconds * child}
+        self.write()
+
+    def governor(self) -> threads.ThreadGovernor:
+        return threads.ThreadGovernor(
+            2, cpus={0, 1}, stat=self.stat, clock=lambda: self.now, ours=lambda: dict(self.ours)
+        )
+
+
+def test_governor_lowers_the_count_for_other_processes_only(tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    machine = FakeMachine(tmp_path)
+    try:
+        gov = machine.governor()
+        machine.advance(2, others=0.0, ours=1.0, child=1.0)  # its own worker: not "others"
+        assert gov.update() == 2 and torch.get_num_threads() == before
+        machine.advance(0.5, others=1.0, ours=1.0)
+        assert gov.update() == 2  # within the interval: no new sample
+        machine.advance(1.5, others=1.0, ours=1.0)
+        assert gov.update() == 1 and torch.get_num_threads() == 1
+        assert gov.others == pytest.approx(1.0, abs=0.05)
+        machine.advance(2, others=0.1, ours=1.0)
+        assert gov.update() == 2 and torch.get_num_threads() == 2  # back to the run's count
+        machine.advance(2, others=1.8, ours=0.2)
+        assert gov.update() == 1  # never below 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_run_root_and_process_tree_see_the_runs_own_children(monkeypatch) -> None:
+    """A child of this process counts as the run's (a DataLoader worker, a DDP rank), and a
+    child that inherits ``RUN_PID`` finds this process as its run's root."""
+    monkeypatch.delenv(threads.RUN_PID, raising=False)
+    assert threads.run_root() == os.getpid()
+    code = "from pointseg import threads; print(threads.run_root())"
+    env = dict(os.environ, **{threads.RUN_PID: str(os.getpid())})
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == str(os.getpid()), out.stderr
+    # the pid of a process that is not an ancestor (a finished one): ignored
+    stranger = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout.strip()  # fmt: skip
+    env[threads.RUN_PID] = stranger
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() != stranger and out.stdout.strip() != str(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        tree = threads.tree_cpu_seconds(os.getpid())
+        assert os.getpid() in tree and child.pid in tree and tree[child.pid] > 0
+        assert child.pid not in threads.tree_cpu_seconds(child.pid + 10**7)
+    finally:
+        child.kill()
+        child.wait()

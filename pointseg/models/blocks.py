@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import spconv.pytorch as spconv
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from pointseg import sparse
 
@@ -36,9 +37,87 @@ def inverse_conv3d(in_ch: int, out_ch: int, *, indice_key: str) -> nn.Module:
     return sparse.SparseInverseConv3d(in_ch, out_ch, 2, indice_key=indice_key)
 
 
+class _RowStats(torch.autograd.Function):
+    """Training-mode batch norm of (N, C) rows whose statistics are per-channel reductions."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float):  # type: ignore[override]
+        mean = x.mean(0)
+        xhat = x - mean
+        var = xhat.square().mean(0)  # biased, as batch norm normalises with
+        invstd = torch.rsqrt(var + eps)
+        xhat.mul_(invstd)
+        ctx.save_for_backward(xhat, invstd, weight)
+        return torch.addcmul(bias, xhat, weight), mean, var
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _gm: Tensor, _gv: Tensor):  # type: ignore[override]
+        xhat, invstd, weight = ctx.saved_tensors
+        n = xhat.shape[0]
+        grad_bias = grad.sum(0)
+        grad_weight = (grad * xhat).sum(0)
+        grad_x = grad - grad_bias / n
+        grad_x.addcmul_(xhat, grad_weight / n, value=-1.0).mul_(weight * invstd)
+        return grad_x, grad_weight, grad_bias, None
+
+
+class BatchNorm1d(nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` whose CPU training step gives the same bits on any thread count.
+
+    torch's CPU batch-norm kernel adds its statistics and its backward sums in per-thread parts,
+    so they change with ``torch.get_num_threads()``. Here every sum is a reduction over rows
+    with one result per channel (``Tensor.mean(0)``, ``Tensor.sum(0)``), which torch splits
+    between threads by channel, never within one, so each channel's sum has one order
+    (``tests/test_thread_invariance.py``). Eval mode, and CUDA, use torch's kernel; the weights,
+    buffers and state-dict keys are ``nn.BatchNorm1d``'s.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and self.track_running_stats and x.device.type == "cpu"):
+            return super().forward(x)
+        if x.dim() != 2 or x.shape[0] < 2:
+            return super().forward(x)  # torch's own checks and errors
+        y, mean, var = _RowStats.apply(x, self.weight, self.bias, self.eps)
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            factor = self.momentum
+            if factor is None:  # a cumulative average, as nn.BatchNorm1d keeps one
+                factor = 1.0 / float(self.num_batches_tracked)
+            n = x.shape[0]
+            self.running_mean.lerp_(mean, factor)
+            self.running_var.lerp_(var * (n / (n - 1)), factor)
+        return y
+
+
+class _GatherRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, index: Tensor):  # type: ignore[override]
+        ctx.save_for_backward(index)
+        ctx.rows = x.shape[0]
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (index,) = ctx.saved_tensors
+        out = grad.new_zeros((ctx.rows, grad.shape[1]))
+        return out.index_add_(0, index, grad.contiguous()), None
+
+
+def gather_rows(x: Tensor, index: Tensor) -> Tensor:
+    """``x[index]`` for (M, C) voxel rows and an (N,) point -> voxel index, whose backward adds
+    each point's gradient into its voxel row in point order, on any thread count.
+
+    The backward of ``x[index]`` (``index_put_`` with accumulation) splits its sums between
+    threads on the CPU; ``index_add_`` adds in index order and was 4-6x faster on 200 k points.
+    """
+    if x.device.type != "cpu" or not torch.is_grad_enabled() or not x.requires_grad:
+        return x[index]
+    return _GatherRows.apply(x, index)
+
+
 def batch_norm(channels: int, *, momentum: float = BN_MOMENTUM) -> nn.BatchNorm1d:
-    """BatchNorm1d over the (M, C) feature rows of a sparse tensor."""
-    return nn.BatchNorm1d(channels, eps=BN_EPS, momentum=momentum)
+    """BatchNorm1d over (M, C) rows: of a sparse tensor's features, or of points."""
+    return BatchNorm1d(channels, eps=BN_EPS, momentum=momentum)
 
 
 class ConvBNReLU(spconv.SparseModule):

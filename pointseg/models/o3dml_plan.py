@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from pointseg.models.blocks import (
     BN_MOMENTUM,
     batch_norm,
+    gather_rows,
     inverse_conv3d,
     strided_conv3d,
     subm_conv3d,
@@ -123,7 +124,7 @@ class O3DMLPlanUNet(nn.Module):
             x = x.replace_feature(torch.cat([skip.features, x.features], dim=1))
             x = self.dec[level](x)  # (M_l, p_l)
         logits = self.head(self.relu(self.out_bn(x.features)))  # (M, K)
-        return logits if inverse is None else logits[inverse]
+        return logits if inverse is None else gather_rows(logits, inverse)
 
     def num_parameters(self) -> int:
         """Number of trainable parameters."""

@@ -27,9 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from pointseg.models.blocks import (
-    BN_EPS,
     BN_MOMENTUM,
     ConvBNReLU,
+    batch_norm,
+    gather_rows,
     inverse_conv3d,
     residual_stack,
     strided_conv3d,
@@ -229,7 +230,7 @@ class UNetSkeleton(nn.Module):
         x = self.decode(feat, indices, batch_size).features  # (M, C_dec)
         if self.point_mlp is None:
             logits = self.head(self.dropout(x))  # (M, K)
-            return logits if inverse is None else logits[inverse]
+            return logits if inverse is None else gather_rows(logits, inverse)
         if inverse is None or point_feat is None:
             raise ValueError(
                 "this network has a point branch (point_channels > 0): pass inverse= and "
@@ -240,7 +241,8 @@ class UNetSkeleton(nn.Module):
                 f"point_feat must be (N={len(inverse)}, {self.in_channels + POINT_EXTRA}) "
                 f"(input features, then the offset inside the voxel), got {tuple(point_feat.shape)}"
             )
-        z = torch.cat([x[inverse], self.point_mlp(point_feat.to(x.dtype))], dim=1)  # (N, C + P)
+        points = self.point_mlp(point_feat.to(x.dtype))
+        z = torch.cat([gather_rows(x, inverse), points], dim=1)  # (N, C + P)
         return self.head(self.dropout(z))  # (N, K)
 
     def decode(self, feat: Tensor, indices: Tensor, batch_size: int) -> spconv.SparseConvTensor:
@@ -271,10 +273,10 @@ def point_mlp(in_channels: int, mid: int, channels: int, bn_momentum: float) -> 
         return None
     return nn.Sequential(
         nn.Linear(in_channels, mid, bias=False),
-        nn.BatchNorm1d(mid, eps=BN_EPS, momentum=bn_momentum),
+        batch_norm(mid, momentum=bn_momentum),
         nn.ReLU(inplace=True),
         nn.Linear(mid, channels, bias=False),
-        nn.BatchNorm1d(channels, eps=BN_EPS, momentum=bn_momentum),
+        batch_norm(channels, momentum=bn_momentum),
         nn.ReLU(inplace=True),
     )
 

@@ -21,6 +21,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from pointseg.callbacks import FollowLoad
 from pointseg.guards import explain_state_dict_error, guard_task, run_hydra
 from pointseg.inference import InferenceOptions
 from pointseg.io import (
@@ -250,8 +251,13 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     )  # fmt: skip
     header = {"ckpt_path": str(cfg.ckpt_path), "class_names": names, "tta": opts.tta}
     writer = ManifestWriter(out=out, header=header)
+    callbacks: list[Any] = [writer]
+    if cfg.get("follow_load", True):  # between files, and between a file's blocks
+        follow = FollowLoad()
+        predictor.block_hook = follow.update
+        callbacks.append(follow)
     trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=[writer], logger=False, enable_checkpointing=False,
+        cfg.trainer, callbacks=callbacks, logger=False, enable_checkpointing=False,
         enable_model_summary=False, enable_progress_bar=bool(cfg.progress),
         use_distributed_sampler=False, sync_batchnorm=False,
         **_trainer_overrides(cfg.get("device", "auto")),
@@ -345,7 +351,8 @@ def _predict_file(
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")
 @guard_task("pointseg-predict", needs_spconv=lambda cfg: cfg.get("runtime") != "onnx")
 def _hydra_main(cfg: DictConfig) -> None:
-    set_threads(cfg.get("threads"))  # once, for the run: pointseg/threads.py
+    # once, for the run (pointseg/threads.py); FollowLoad lowers it while others are busy
+    set_threads(cfg.get("threads"), follow_load=bool(cfg.get("follow_load", True)))
     predict(cfg)
 
 

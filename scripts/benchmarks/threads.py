@@ -1,5 +1,6 @@
-"""Training step and eval forward at 1 thread and at pointseg's default thread count, alone and
-next to one busy process, each configuration in a fresh process (``thread_worker``)."""
+"""Training step and eval forward at 1 thread, at pointseg's default (the CPUs available,
+following the load) and at the default count fixed, alone and next to one busy process, each
+configuration in a fresh process (``thread_worker``)."""
 
 from __future__ import annotations
 
@@ -28,31 +29,40 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-def thread_run(kind: str, threads: int, repeat: int) -> tuple[float, int]:
-    argv = [sys.executable, "-m", "benchmarks.thread_worker", kind, str(threads), str(repeat)]
+def thread_run(kind: str, mode: str, repeat: int) -> tuple[float, int, int]:
+    """(median seconds, voxels, threads at the end) of ``thread_worker kind mode repeat``."""
+    argv = [sys.executable, "-m", "benchmarks.thread_worker", kind, mode, str(repeat)]
     proc = subprocess.run(argv, env=worker_env(), capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"thread worker {argv[3:]} failed:\n{proc.stderr[-2000:]}")
-    seconds, voxels = proc.stdout.split()
-    return float(seconds), int(voxels)
+    seconds, voxels, threads = proc.stdout.split()
+    return float(seconds), int(voxels), int(threads)
 
 
 def threads_under_load(rounds: int, repeat: int) -> dict[str, Any]:
-    """Rounds interleave every configuration: kind x threads (1, default) x busy (a process
-    running ``while True: pass`` next to it, or not)."""
+    """Rounds interleave every configuration: kind x mode (1 thread, default, fixed) x busy (a
+    process running ``while True: pass`` next to it, in a session of its own, or not)."""
     from pointseg.threads import available_cpus
 
+    from .thread_worker import MODES
+
     times: dict[str, list[float]] = {}
+    ended: dict[str, list[int]] = {}
     voxels = 0
     for _ in range(rounds):
         for busy in (False, True):
-            competitor = subprocess.Popen([sys.executable, "-c", BUSY]) if busy else None
+            competitor = (
+                subprocess.Popen([sys.executable, "-c", BUSY], start_new_session=True)
+                if busy
+                else None
+            )
             try:
                 for kind in ("step", "predict"):
-                    for threads in (1, 0):
-                        t, voxels = thread_run(kind, threads, repeat)
-                        times.setdefault(f"{kind}/{threads or 'default'}/{busy:d}", []).append(t)
-                        log(f"threads: {kind} threads={threads or 'default'} busy={busy}: {t:.3f}s")
+                    for mode in MODES:
+                        t, voxels, n = thread_run(kind, mode, repeat)
+                        times.setdefault(f"{kind}/{mode}/{busy:d}", []).append(t)
+                        ended.setdefault(f"{kind}/{mode}/{busy:d}", []).append(n)
+                        log(f"threads: {kind} {mode} busy={busy}: {t:.3f}s (ended at {n})")
             finally:
                 if competitor is not None:
                     competitor.kill()
@@ -60,16 +70,17 @@ def threads_under_load(rounds: int, repeat: int) -> dict[str, Any]:
     med = {k: round(float(np.median(v)), 3) for k, v in times.items()}
     ratios = {}
     for kind in ("step", "predict"):
-        for th in ("1", "default"):
-            ratios[f"{kind}/{th}: busy / alone"] = round(
-                med[f"{kind}/{th}/1"] / med[f"{kind}/{th}/0"], 2
+        for mode in MODES:
+            ratios[f"{kind}/{mode}: busy / alone"] = round(
+                med[f"{kind}/{mode}/1"] / med[f"{kind}/{mode}/0"], 2
             )
         for busy in ("0", "1"):
-            ratios[f"{kind}/busy={busy}: default / 1 thread"] = round(
-                med[f"{kind}/default/{busy}"] / med[f"{kind}/1/{busy}"], 2
-            )
+            for mode in ("default", "fixed"):
+                ratios[f"{kind}/busy={busy}: {mode} / 1 thread"] = round(
+                    med[f"{kind}/{mode}/{busy}"] / med[f"{kind}/1/{busy}"], 2
+                )
     return {"default_threads": available_cpus(), "voxels": voxels, "median_s": med,
-            "ratios": ratios, "all_times_s": times}  # fmt: skip
+            "ratios": ratios, "all_times_s": times, "threads_at_end": ended}  # fmt: skip
 
 
 class Threads(Section):

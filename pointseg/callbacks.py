@@ -57,7 +57,7 @@ class LastCheckpoint(ModelCheckpoint):
 class FollowLoad(pl.Callback):
     """Between batches, lowers torch's CPU thread count while other processes keep CPUs busy,
     and raises it back, up to the run's count (``pointseg.threads.ThreadGovernor``); at the end
-    of the run the run's count is set again.
+    of each stage (fit, validate, test, predict) the run's count is set again.
 
     It changes no result: every CPU op of a training step, eval forward and prediction gives the
     same bits on any thread count (``tests/test_thread_invariance.py``), so a run next to busy
@@ -66,12 +66,14 @@ class FollowLoad(pl.Callback):
     """
 
     def __init__(self, *, interval: float = 1.0) -> None:
-        self.interval = interval
-        self.governor: ThreadGovernor | None = None
+        # the first sample now: the load is known by the first batch, after the set-up
+        self.governor: ThreadGovernor | None = ThreadGovernor(
+            torch.get_num_threads(), interval=interval
+        )
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if trainer.strategy.root_device.type == "cpu" and self.governor is None:
-            self.governor = ThreadGovernor(torch.get_num_threads(), interval=self.interval)
+        if trainer.strategy.root_device.type != "cpu":
+            self.governor = None
 
     def update(self) -> None:
         """Follow the load now (cheap: samples at most once per ``interval`` seconds)."""
@@ -92,5 +94,4 @@ class FollowLoad(pl.Callback):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.governor is not None:
-            torch.set_num_threads(self.governor.limit)
-            self.governor = None
+            self.governor.reset()

@@ -227,7 +227,9 @@ class ThreadGovernor:
     any count (``tests/test_thread_invariance.py``). Called between batches by
     ``pointseg.callbacks.FollowLoad`` and between blocks of a file by pointseg-predict.
 
-    ``update()`` is cheap when called often: it samples at most once per ``interval`` seconds.
+    ``update()`` is cheap when called often: it samples at most once per ``interval`` seconds
+    (the first time after ``first_interval``, so a run that starts next to a busy process
+    drops its extra thread before its first step).
     Over a sample, others = (busy CPU seconds on our CPUs - this run's CPU seconds, its process
     tree's: workers and DDP ranks included) / wall seconds; the count becomes
     ``round(len(cpus) - others)``, clamped to [1, ``limit``]. OpenMP threads that miss a
@@ -240,12 +242,14 @@ class ThreadGovernor:
         limit: int,
         *,
         interval: float = 1.0,
+        first_interval: float = 0.25,
         stat: Path = Path("/proc/stat"),
         cpus: set[int] | None = None,
         clock: Callable[[], float] = time.monotonic,
         ours: Callable[[], dict[int, float]] | None = None,
     ) -> None:
         self.limit, self.interval, self.stat = max(1, limit), interval, stat
+        self._wait = first_interval
         self.cpus = affinity() if cpus is None else cpus
         root = run_root()
         self.clock = clock
@@ -261,11 +265,12 @@ class ThreadGovernor:
         """Re-sample when ``interval`` has passed; set and return the thread count."""
         if self._last is None:  # no /proc/stat: the run's count
             return self.threads
-        if self.clock() - self._last[0] < self.interval:
+        if self.clock() - self._last[0] < self._wait:
             return self.threads
         sample = self._sample()
         if sample is None:
             return self.threads
+        self._wait = self.interval
         (t0, busy0, ours0), (t1, busy1, ours1) = self._last, sample
         self._last = sample
         wall = t1 - t0
@@ -276,15 +281,23 @@ class ThreadGovernor:
         self.others = max(0.0, (busy1 - busy0 - ours) / wall)
         threads = min(self.limit, max(1, int(len(self.cpus) - self.others + 0.5)))
         if threads != self.threads:
-            import torch
-
             log.info(
                 "threads: %d -> %d (other processes kept %.1f of %d CPUs busy)",
                 self.threads, threads, self.others, len(self.cpus),
             )  # fmt: skip
-            torch.set_num_threads(threads)
-            self.threads = threads
+            self._set(threads)
         return threads
+
+    def reset(self) -> None:
+        """Back to the run's count (``limit``), e.g. when a stage ends."""
+        if self.threads != self.limit:
+            self._set(self.limit)
+
+    def _set(self, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.threads = threads
 
 
 def busy_machine_hint(n: int, *, load: float | None = None) -> str | None:

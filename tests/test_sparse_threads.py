@@ -184,15 +184,19 @@ def test_governor_lowers_the_count_for_other_processes_only(tmp_path: Path) -> N
     machine = FakeMachine(tmp_path)
     try:
         gov = machine.governor()
-        machine.advance(2, others=0.0, ours=1.0, child=1.0)  # its own worker: not "others"
-        assert gov.update() == 2 and torch.get_num_threads() == before
-        machine.advance(0.5, others=1.0, ours=1.0)
-        assert gov.update() == 2  # within the interval: no new sample
-        machine.advance(1.5, others=1.0, ours=1.0)
-        assert gov.update() == 1 and torch.get_num_threads() == 1
-        assert gov.others == pytest.approx(1.0, abs=0.05)
+        machine.advance(0.3, others=1.0, ours=1.0)
+        assert gov.update() == 1 and torch.get_num_threads() == 1  # the first sample: 0.25 s
+        machine.advance(0.5, others=0.0, ours=1.0)
+        assert gov.update() == 1  # then once per second: no new sample yet
+        machine.advance(1.5, others=0.0, ours=1.0, child=1.0)  # its own worker: not "others"
+        assert gov.update() == 2 and torch.get_num_threads() == 2
+        assert gov.others == pytest.approx(0.0, abs=0.05)
+        machine.advance(2, others=1.0, ours=1.0)
+        assert gov.update() == 1 and gov.others == pytest.approx(1.0, abs=0.05)
+        gov.reset()
+        assert gov.threads == 2 and torch.get_num_threads() == 2
         machine.advance(2, others=0.1, ours=1.0)
-        assert gov.update() == 2 and torch.get_num_threads() == 2  # back to the run's count
+        assert gov.update() == 2  # a little load leaves the count alone
         machine.advance(2, others=1.8, ours=0.2)
         assert gov.update() == 1  # never below 1
     finally:

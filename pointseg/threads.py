@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
@@ -179,10 +180,38 @@ def run_root(*, env: Mapping[str, str] | None = None, proc: Path = Path("/proc")
     return chain[0]
 
 
+def _children(pid: int, proc: Path) -> list[int]:
+    """Children of ``pid``, from ``/proc/<pid>/task/*/children`` (none once it has ended)."""
+    kids: list[int] = []
+    tasks = proc / str(pid) / "task"
+    try:
+        for task in os.scandir(tasks):
+            kids += map(int, (tasks / task.name / "children").read_text().split())
+    except OSError:  # the process (or one of its threads) ended meanwhile
+        pass
+    return kids
+
+
 def tree_cpu_seconds(root: int, *, proc: Path = Path("/proc")) -> dict[int, float]:
-    """CPU seconds (user + system) of ``root`` and of every live descendant, by pid."""
+    """CPU seconds (user + system) of ``root`` and of every live descendant, by pid: through the
+    kernel's children lists where it has them, else by reading every process's parent."""
     ticks = os.sysconf("SC_CLK_TCK")
-    parent, cpu = {}, {}
+    if not (proc / "self" / "task" / str(threading.get_native_id()) / "children").exists():
+        return _tree_by_scan(root, proc, ticks)
+    found: dict[int, float] = {}
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        fields = _stat_fields(pid, proc)
+        if fields is None or pid in found:
+            continue
+        found[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        todo.extend(_children(pid, proc))
+    return found
+
+
+def _tree_by_scan(root: int, proc: Path, ticks: int) -> dict[int, float]:
+    parent, cpu = {}, {}  # by pid
     for entry in os.scandir(proc):
         if not entry.name.isdigit():
             continue
@@ -192,15 +221,12 @@ def tree_cpu_seconds(root: int, *, proc: Path = Path("/proc")) -> dict[int, floa
         pid = int(entry.name)
         parent[pid] = int(fields[1])
         cpu[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parent.items():
-        children.setdefault(ppid, []).append(pid)
     found, todo = {}, [root]
     while todo:
         pid = todo.pop()
         if pid in cpu and pid not in found:
             found[pid] = cpu[pid]
-            todo.extend(children.get(pid, ()))
+            todo.extend(k for k, ppid in parent.items() if ppid == pid)
     return found
 
 
@@ -228,11 +254,10 @@ class ThreadGovernor:
     ``pointseg.callbacks.FollowLoad`` and between blocks of a file by pointseg-predict.
 
     ``update()`` is cheap when called often: it samples at most once per ``interval`` seconds
-    (the first time after ``first_interval``, so a run that starts next to a busy process
-    drops its extra thread before its first step).
-    Over a sample, others = (busy CPU seconds on our CPUs - this run's CPU seconds, its process
-    tree's: workers and DDP ranks included) / wall seconds; the count becomes
-    ``round(len(cpus) - others)``, clamped to [1, ``limit``]. OpenMP threads that miss a
+    (the first time after ``first_interval``: a run that starts next to a busy process drops its
+    extra thread before its first step). Over a sample, others = (busy CPU seconds on our CPUs
+    - this run's, its process tree's: workers and DDP ranks included) / wall seconds; the count
+    becomes ``round(len(cpus) - others)``, clamped to [1, ``limit``]. OpenMP threads that miss a
     barrier because a neighbour holds their CPU cost far more than the thread they add: two
     fixed threads next to one busy process ran a step 6x slower than alone, one thread 1x.
     """

@@ -223,6 +223,9 @@ def test_run_root_and_process_tree_see_the_runs_own_children(monkeypatch) -> Non
         time.sleep(0.5)
         tree = threads.tree_cpu_seconds(os.getpid())
         assert os.getpid() in tree and child.pid in tree and tree[child.pid] > 0
+        # the fallback for kernels without children lists finds the same tree
+        by_scan = threads._tree_by_scan(os.getpid(), Path("/proc"), os.sysconf("SC_CLK_TCK"))
+        assert by_scan.keys() == tree.keys()
         assert child.pid not in threads.tree_cpu_seconds(child.pid + 10**7)
     finally:
         child.kill()

@@ -18,7 +18,8 @@ def test_help_lists_the_commands_own_options_with_their_comments() -> None:
     assert text.startswith("usage: pointseg-predict ckpt_path=")
     required = text.split("required:")[1].split("options")[0]
     assert "ckpt_path" in required and "input" in required
-    assert "threads=null" in text and "Never changed by load" in text  # yaml comment
+    assert "threads=null" in text and "follow_load=true" in text
+    assert "other processes keep CPUs" in text  # the yaml comment, wrapped
     # predict's own groups only (trainer: its one-process default or DDP), nothing of train's
     assert "data:" not in text and "model:" not in text and "experiment:" not in text
     assert "docs/predict.md" in text

@@ -74,6 +74,8 @@ class FollowLoad(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if trainer.strategy.root_device.type != "cpu":
             self.governor = None
+        elif self.governor is not None:  # DDP ranks on this machine share its free CPUs
+            self.governor.ranks = max(1, int(trainer.num_devices))
 
     def update(self) -> None:
         """Follow the load now (cheap: samples at most once per ``interval`` seconds)."""

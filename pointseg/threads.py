@@ -257,7 +257,8 @@ class ThreadGovernor:
     (the first time after ``first_interval``: a run that starts next to a busy process drops its
     extra thread before its first step). Over a sample, others = (busy CPU seconds on our CPUs
     - this run's, its process tree's: workers and DDP ranks included) / wall seconds; the count
-    becomes ``round(len(cpus) - others)``, clamped to [1, ``limit``]. OpenMP threads that miss a
+    becomes ``round((len(cpus) - others) / ranks)`` (``ranks``: the run's processes on this
+    machine, which share what is free), clamped to [1, ``limit``]. OpenMP threads that miss a
     barrier because a neighbour holds their CPU cost far more than the thread they add: two
     fixed threads next to one busy process ran a step 6x slower than alone, one thread 1x.
     """
@@ -279,7 +280,7 @@ class ThreadGovernor:
         root = run_root()
         self.clock = clock
         self.ours = ours if ours is not None else (lambda: tree_cpu_seconds(root))
-        self.threads, self.others = self.limit, 0.0
+        self.threads, self.others, self.ranks = self.limit, 0.0, 1
         self._last = self._sample()
 
     def _sample(self) -> tuple[float, float, dict[int, float]] | None:
@@ -304,7 +305,8 @@ class ThreadGovernor:
         # a process born in the interval counts from 0; one that ended is lost for a sample
         ours = sum(sec - ours0.get(pid, 0.0) for pid, sec in ours1.items())
         self.others = max(0.0, (busy1 - busy0 - ours) / wall)
-        threads = min(self.limit, max(1, int(len(self.cpus) - self.others + 0.5)))
+        free = (len(self.cpus) - self.others) / max(1, self.ranks)
+        threads = min(self.limit, max(1, int(free + 0.5)))
         if threads != self.threads:
             log.info(
                 "threads: %d -> %d (other processes kept %.1f of %d CPUs busy)",

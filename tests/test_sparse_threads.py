@@ -199,6 +199,9 @@ def test_governor_lowers_the_count_for_other_processes_only(tmp_path: Path) -> N
         assert gov.update() == 2  # a little load leaves the count alone
         machine.advance(2, others=1.8, ours=0.2)
         assert gov.update() == 1  # never below 1
+        gov.ranks = 2  # two ranks of the run on this machine: each takes half of what is free
+        machine.advance(2, others=0.0, ours=2.0)
+        assert gov.update() == 1
     finally:
         torch.set_num_threads(before)
 

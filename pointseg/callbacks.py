@@ -74,7 +74,10 @@ class FollowLoad(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if trainer.strategy.root_device.type != "cpu":
             self.governor = None
-        elif self.governor is not None:  # DDP ranks on this machine share its free CPUs
+        elif self.governor is not None:
+            # the run's count as the strategy left it (Lightning's DDP launcher gives each rank
+            # its share), and DDP ranks on this machine share what is free
+            self.governor.limit = self.governor.threads = torch.get_num_threads()
             self.governor.ranks = max(1, int(trainer.num_devices))
 
     def update(self) -> None:

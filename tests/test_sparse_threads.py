@@ -233,3 +233,29 @@ def test_run_root_and_process_tree_see_the_runs_own_children(monkeypatch) -> Non
     finally:
         child.kill()
         child.wait()
+
+
+def test_follow_load_takes_the_count_the_strategy_left_and_restores_it() -> None:
+    """Lightning's DDP launcher may set each rank's share after the callback is made: the
+    governor's ceiling is the count at ``setup``, shared by the ranks on this machine."""
+    from types import SimpleNamespace
+
+    from pointseg.callbacks import FollowLoad
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        follow = FollowLoad()
+        torch.set_num_threads(1)  # the launcher's per-rank share
+        cpu = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")),
+                              num_devices=2)  # fmt: skip
+        follow.setup(cpu, None, "fit")
+        assert follow.governor is not None
+        assert (follow.governor.limit, follow.governor.ranks) == (1, 2)
+        follow.teardown(cpu, None, "fit")
+        assert torch.get_num_threads() == 1
+        gpu = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
+        follow.setup(gpu, None, "fit")
+        assert follow.governor is None  # nothing to follow on an accelerator
+    finally:
+        torch.set_num_threads(before)

@@ -3,6 +3,7 @@ atomically) and a CPU thread count that follows the machine's load (``FollowLoad
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +101,14 @@ class FollowLoad(pl.Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.governor is not None:
             self.governor.reset()
+
+
+def entry_callbacks(cfg: Any) -> list[pl.Callback]:
+    """The callbacks an entry point (pointseg-train, -eval, -predict) adds to its library call:
+    ``FollowLoad`` unless ``follow_load=false``. Library callers add it themselves, if at all."""
+    return [FollowLoad()] if cfg.get("follow_load", True) else []
+
+
+def block_hook(callbacks: Sequence[pl.Callback]) -> Callable[[], None] | None:
+    """What a ``Segmenter`` calls between blocks: the ``FollowLoad`` among ``callbacks``."""
+    return next((cb.update for cb in callbacks if isinstance(cb, FollowLoad)), None)

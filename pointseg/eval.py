@@ -14,6 +14,7 @@ confusion-matrix heatmap and a per-class IoU chart.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pointseg.callbacks import FollowLoad
+from pointseg.callbacks import block_hook, entry_callbacks
 from pointseg.checkpoint import load_checkpoint
 from pointseg.guards import (
     CheckpointMismatchError,
@@ -40,7 +41,7 @@ from pointseg.viz.report import write_report
 log = logging.getLogger(__name__)
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
+def evaluate(cfg: DictConfig, *, callbacks: Sequence[pl.Callback] = ()) -> dict[str, Any]:
     ckpt = load_checkpoint(cfg.ckpt_path, trust=bool(cfg.get("trust_checkpoint")))
     stored = OmegaConf.create(ckpt["pointseg_config"])
     overrides = cfg.get("data") or {}
@@ -70,13 +71,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     per_scene, predictor, dataset, is_zero = None, None, None, True
     if cfg.get("tta") or worst_n > 0 or cfg.get("save_labels"):
         predictor, dataset = _scene_predictor(cfg, ckpt, datamodule, split)
+        predictor.block_hook = block_hook(callbacks)
         labels_dir = run_dir / "labels" if cfg.get("save_labels") else None
         confmat, per_scene = _scene_loop(
             predictor, dataset, ignore_index=datamodule.ignore_index, labels_dir=labels_dir
         )
         class_names = predictor.class_names
     else:
-        class_names, confmat, is_zero = _lightning_loop(cfg, run_dir, datamodule, module, split)
+        class_names, confmat, is_zero = _lightning_loop(
+            cfg, run_dir, datamodule, module, split, callbacks
+        )
     sc = scores(confmat)
     print(format_table(sc, class_names))
     result = {
@@ -125,7 +129,12 @@ def _have_matplotlib() -> bool:
 
 
 def _lightning_loop(
-    cfg: DictConfig, run_dir: Path, datamodule: Any, module: Any, split: str
+    cfg: DictConfig,
+    run_dir: Path,
+    datamodule: Any,
+    module: Any,
+    split: str,
+    callbacks: Sequence[pl.Callback],
 ) -> tuple[list[str], torch.Tensor, bool]:
     trainer = pl.Trainer(
         accelerator=cfg.trainer.accelerator,
@@ -134,7 +143,7 @@ def _lightning_loop(
         logger=pl.loggers.CSVLogger(run_dir, name="csv", version=""),
         default_root_dir=run_dir,
         enable_checkpointing=False,
-        callbacks=[FollowLoad()] if cfg.get("follow_load", True) else [],
+        callbacks=list(callbacks),
     )
     if split == "val":
         trainer.validate(module, dataloaders=datamodule.val_dataloader(), verbose=False)
@@ -206,7 +215,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     reuse_freed_memory()
     # once, for the run (pointseg/threads.py); FollowLoad lowers it while others are busy
     set_threads(cfg.get("threads"), follow_load=bool(cfg.get("follow_load", True)))
-    result = evaluate(cfg)
+    result = evaluate(cfg, callbacks=entry_callbacks(cfg))
     split = result["split"]
     print(f"{split}/miou: {result[f'{split}/miou']:.4f}")
     print(f"run_dir: {result['run_dir']}")

@@ -8,11 +8,11 @@
   ``cpu.cfs_quota_us / cpu.cfs_period_us``, which ``os.cpu_count()`` ignores). Under DDP,
   Lightning's launcher gives each rank its share (``OMP_NUM_THREADS`` = CPUs / ranks,
   inherited by the ranks it starts), which the second rule then keeps. Library functions
-  (``train()``'s code, ``evaluate()``, ``Segmenter``) never change the thread count.
+  (``train()``, ``evaluate()``, ``predict()``, ``Segmenter``) never change the thread count.
 - **How many, now** (``follow_load: true``, the default of train, eval and predict): a
   ``ThreadGovernor``, driven between batches by the ``pointseg.callbacks.FollowLoad``
-  callback (and between a file's blocks by pointseg-predict), lowers the count while other
-  processes keep CPUs busy and raises it back. Other processes are everything but this run's
+  callback that the entry points pass to them (and between a file's blocks), lowers the count
+  while other processes keep CPUs busy and raises it back. Others are everything but this run's
   process tree (``run_root``: its DataLoader workers and DDP ranks are its own). Two OpenMP
   threads next to one busy process wait for each other at every barrier: a training step ran
   6x slower than alone, one thread 1x.

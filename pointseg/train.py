@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_only
 
-from pointseg.callbacks import FollowLoad
+from pointseg.callbacks import entry_callbacks
 from pointseg.guards import INPUT_ERROR_EXIT, guard_task, run_hydra
 from pointseg.lit_module import ScheduleError
 from pointseg.metrics import format_table
@@ -84,12 +84,18 @@ def _warn_validation_schedule(cfg: DictConfig) -> None:
         )  # fmt: skip
 
 
-def train(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[str, Any]:
+def train(
+    cfg: DictConfig,
+    overrides: Sequence[str] | None = None,
+    *,
+    callbacks: Sequence[Callback] = (),
+) -> dict[str, Any]:
     """Fit, then report the best checkpoint's ``val/miou``; returns what metrics.json holds.
 
     With ``ckpt_path`` (a file or ``last``) the checkpoint's run continues in its own folder
     with its stored config; ``overrides`` (by default this Hydra run's command line) apply on
-    top of it.
+    top of it. ``callbacks`` are added to the config's (the console script adds
+    ``FollowLoad``: ``pointseg.callbacks.entry_callbacks``).
     """
     ckpt_path = cfg.get("ckpt_path")
     file_log: logging.Handler | None = None
@@ -111,14 +117,14 @@ def train(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[str, 
                 "on top: %s", " ".join(resumed.applied),
             )  # fmt: skip
     try:
-        return _fit(cfg, ckpt_path)
+        return _fit(cfg, ckpt_path, callbacks)
     finally:
         if file_log is not None:
             logging.getLogger().removeHandler(file_log)
             file_log.close()
 
 
-def _fit(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
+def _fit(cfg: DictConfig, ckpt_path: str | None, extra: Sequence[Callback]) -> dict[str, Any]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
@@ -128,9 +134,7 @@ def _fit(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
     module.feature_recipe = feature_recipe(module.run_config, datamodule).to_dict()
     log.info("model: %s parameters", f"{sum(p.numel() for p in module.parameters()):,}")
 
-    callbacks = [*instantiate_list(cfg.get("callbacks")), ValidateAtEnd()]
-    if cfg.get("follow_load", True):
-        callbacks.append(FollowLoad())
+    callbacks = [*instantiate_list(cfg.get("callbacks")), ValidateAtEnd(), *extra]
     loggers = instantiate_list(cfg.get("logger"))
     if not loggers:  # logger=none: a learning-rate monitor would have nowhere to write
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
@@ -186,7 +190,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     # once, for the run (pointseg/threads.py); FollowLoad lowers it while others are busy
     set_threads(cfg.get("threads"), follow_load=bool(cfg.get("follow_load", True)))
     try:
-        result = train(cfg)
+        result = train(cfg, callbacks=entry_callbacks(cfg))
     except (ResumeError, ScheduleError) as err:
         print(f"pointseg-train: error: {err}", file=sys.stderr)
         sys.exit(INPUT_ERROR_EXIT)

@@ -259,3 +259,23 @@ def test_follow_load_takes_the_count_the_strategy_left_and_restores_it() -> None
         assert follow.governor is None  # nothing to follow on an accelerator
     finally:
         torch.set_num_threads(before)
+
+
+def test_only_the_entry_points_add_follow_load() -> None:
+    """``train()``, ``evaluate()`` and ``predict()`` follow the load only when given the
+    callback; the console scripts give it unless ``follow_load=false``."""
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    from pointseg.callbacks import FollowLoad, block_hook, entry_callbacks
+    from pointseg.eval import evaluate
+    from pointseg.predict.run import predict
+    from pointseg.train import train
+
+    (follow,) = entry_callbacks(OmegaConf.create({"follow_load": True}))
+    assert isinstance(follow, FollowLoad) and block_hook([follow]) == follow.update
+    assert entry_callbacks(OmegaConf.create({"follow_load": False})) == []
+    assert block_hook([]) is None
+    for fn in (train, evaluate, predict):
+        assert inspect.signature(fn).parameters["callbacks"].default == ()

@@ -21,7 +21,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from pointseg.callbacks import FollowLoad
+from pointseg.callbacks import block_hook, entry_callbacks
 from pointseg.guards import explain_state_dict_error, guard_task, run_hydra
 from pointseg.inference import InferenceOptions
 from pointseg.io import (
@@ -192,7 +192,7 @@ def _trainer_overrides(device: str) -> dict[str, Any]:
     raise ValueError(f"device={device!r}: use auto, cpu, cuda or cuda:N")
 
 
-def predict(cfg: DictConfig) -> dict[str, Any]:
+def predict(cfg: DictConfig, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Label every input file on this process's share of the trainer's devices (one process
     by default; ``trainer=ddp`` / ``trainer=ddp_cpu``: one per device, files balanced by
     point count); files whose outputs a previous run completed are skipped. Returns the
@@ -251,13 +251,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     )  # fmt: skip
     header = {"ckpt_path": str(cfg.ckpt_path), "class_names": names, "tta": opts.tta}
     writer = ManifestWriter(out=out, header=header)
-    callbacks: list[Any] = [writer]
-    if cfg.get("follow_load", True):  # between files, and between a file's blocks
-        follow = FollowLoad()
-        predictor.block_hook = follow.update
-        callbacks.append(follow)
+    predictor.block_hook = block_hook(callbacks)  # FollowLoad: between a file's blocks too
     trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=callbacks, logger=False, enable_checkpointing=False,
+        cfg.trainer, callbacks=[writer, *callbacks], logger=False, enable_checkpointing=False,
         enable_model_summary=False, enable_progress_bar=bool(cfg.progress),
         use_distributed_sampler=False, sync_batchnorm=False,
         **_trainer_overrides(cfg.get("device", "auto")),
@@ -353,7 +349,7 @@ def _predict_file(
 def _hydra_main(cfg: DictConfig) -> None:
     # once, for the run (pointseg/threads.py); FollowLoad lowers it while others are busy
     set_threads(cfg.get("threads"), follow_load=bool(cfg.get("follow_load", True)))
-    predict(cfg)
+    predict(cfg, callbacks=entry_callbacks(cfg))
 
 
 def main() -> None:

@@ -3,6 +3,8 @@ atomically) and a CPU thread count that follows the machine's load (``FollowLoad
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from pointseg.checkpoint import save_checkpoint
 from pointseg.threads import ThreadGovernor
+
+log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -103,10 +107,33 @@ class FollowLoad(pl.Callback):
             self.governor.reset()
 
 
+def thread_invariant_gemm() -> bool:
+    """Whether torch's CPU GEMMs give the same bits on any thread count here: MKL in its strict
+    mode (``MKL_CBWR`` with ``STRICT``), which covers its AVX2 and AVX-512 code paths only."""
+    if "STRICT" not in os.environ.get("MKL_CBWR", "").upper():
+        return False
+    if "blas_info=mkl" not in torch.__config__.show().lower().replace(" ", ""):
+        return False
+    try:
+        return " avx2 " in Path("/proc/cpuinfo").read_text().replace("\n", " ")
+    except OSError:
+        return False
+
+
 def entry_callbacks(cfg: Any) -> list[pl.Callback]:
     """The callbacks an entry point (pointseg-train, -eval, -predict) adds to its library call:
-    ``FollowLoad`` unless ``follow_load=false``. Library callers add it themselves, if at all."""
-    return [FollowLoad()] if cfg.get("follow_load", True) else []
+    ``FollowLoad`` unless ``follow_load=false``, or where the GEMMs are not thread-invariant
+    (``thread_invariant_gemm``: the count then stays fixed, so results stay reproducible).
+    Library callers add it themselves, if at all."""
+    if not cfg.get("follow_load", True):
+        return []
+    if not thread_invariant_gemm():
+        log.warning(
+            "follow_load: off, because this CPU's BLAS is not thread-invariant (MKL's strict "
+            "mode needs an AVX2 CPU): the thread count stays fixed for the run"
+        )
+        return []
+    return [FollowLoad()]
 
 
 def block_hook(callbacks: Sequence[pl.Callback]) -> Callable[[], None] | None:

@@ -52,8 +52,8 @@ OPENMP_DEFAULTS = {"GOMP_SPINCOUNT": "30000", "KMP_BLOCKTIME": "1"}
 # Set by the user (any of them): the wait policy is theirs and pointseg adds nothing.
 WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 # MKL's strict conditional numerical reproducibility: its GEMMs give the same bits on any thread
-# count (without it, a product over 100 k rows splits its inner sum between threads); "AUTO"
-# keeps the CPU's fastest code path. MKL reads it at its first call. A user's MKL_CBWR is kept.
+# count on AVX2/AVX-512 CPUs (without it, a product over 100 k rows splits its inner sum between
+# threads); "AUTO" keeps the fastest path. Read at MKL's first call. A user's MKL_CBWR is kept.
 MKL_DEFAULTS = {"MKL_CBWR": "AUTO,STRICT"}
 
 

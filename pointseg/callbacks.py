@@ -15,7 +15,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from pointseg.checkpoint import save_checkpoint
-from pointseg.threads import ThreadGovernor
+from pointseg.threads import ThreadGovernor, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -121,19 +121,20 @@ def thread_invariant_gemm() -> bool:
 
 
 def entry_callbacks(cfg: Any) -> list[pl.Callback]:
-    """The callbacks an entry point (pointseg-train, -eval, -predict) adds to its library call:
-    ``FollowLoad`` unless ``follow_load=false``, or where the GEMMs are not thread-invariant
-    (``thread_invariant_gemm``: the count then stays fixed, so results stay reproducible).
-    Library callers add it themselves, if at all."""
-    if not cfg.get("follow_load", True):
-        return []
-    if not thread_invariant_gemm():
+    """The thread policy of an entry point (pointseg-train, -eval, -predict), once, before any
+    tensor work: sets the run's count (``set_threads``) and returns the callbacks to add to its
+    library call, ``FollowLoad`` unless ``follow_load=false`` or where the GEMMs are not
+    thread-invariant (``thread_invariant_gemm``: the count then stays fixed, so results stay
+    reproducible). Library callers add it themselves, if at all."""
+    follow = bool(cfg.get("follow_load", True))
+    if follow and not thread_invariant_gemm():
         log.warning(
             "follow_load: off, because this CPU's BLAS is not thread-invariant (MKL's strict "
             "mode needs an AVX2 CPU): the thread count stays fixed for the run"
         )
-        return []
-    return [FollowLoad()]
+        follow = False
+    set_threads(cfg.get("threads"), follow_load=follow)
+    return [FollowLoad()] if follow else []
 
 
 def block_hook(callbacks: Sequence[pl.Callback]) -> Callable[[], None] | None:

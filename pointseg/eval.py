@@ -34,7 +34,6 @@ from pointseg.guards import (
     run_hydra,
 )
 from pointseg.metrics import format_table, scores
-from pointseg.threads import set_threads
 from pointseg.utils import CONF_DIR, reuse_freed_memory, write_json
 from pointseg.viz.report import write_report
 
@@ -213,8 +212,7 @@ def _render_worst(cfg, run_dir, predictor, dataset, per_scene, n) -> list[tuple[
 @guard_task("pointseg-eval")
 def _hydra_main(cfg: DictConfig) -> None:
     reuse_freed_memory()
-    # once, for the run (pointseg/threads.py); FollowLoad lowers it while others are busy
-    set_threads(cfg.get("threads"), follow_load=bool(cfg.get("follow_load", True)))
+    # the thread count, once, for the run (pointseg/threads.py), and FollowLoad
     result = evaluate(cfg, callbacks=entry_callbacks(cfg))
     split = result["split"]
     print(f"{split}/miou: {result[f'{split}/miou']:.4f}")

@@ -29,7 +29,6 @@ from pointseg.resume import (
     keep_csv_history,
     resume_config,
 )
-from pointseg.threads import set_threads
 from pointseg.utils import CONF_DIR, reuse_freed_memory, write_json
 
 log = logging.getLogger(__name__)
@@ -187,10 +186,9 @@ def print_summary(result: dict[str, Any]) -> None:
 @guard_task("pointseg-train")
 def _hydra_main(cfg: DictConfig) -> None:
     reuse_freed_memory()  # the console script only: a library call leaves the allocator alone
-    # once, for the run (pointseg/threads.py); FollowLoad lowers it while others are busy
-    set_threads(cfg.get("threads"), follow_load=bool(cfg.get("follow_load", True)))
+    callbacks = entry_callbacks(cfg)  # the thread count, once, for the run: pointseg/threads.py
     try:
-        result = train(cfg, callbacks=entry_callbacks(cfg))
+        result = train(cfg, callbacks=callbacks)
     except (ResumeError, ScheduleError) as err:
         print(f"pointseg-train: error: {err}", file=sys.stderr)
         sys.exit(INPUT_ERROR_EXIT)

@@ -274,13 +274,20 @@ def test_only_the_entry_points_add_follow_load(monkeypatch) -> None:
     from pointseg.predict.run import predict
     from pointseg.train import train
 
-    on = OmegaConf.create({"follow_load": True})
-    if thread_invariant_gemm():
-        (follow,) = entry_callbacks(on)
-        assert isinstance(follow, FollowLoad) and block_hook([follow]) == follow.update
-    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")  # MKL reproducible only at a fixed count
-    assert not thread_invariant_gemm() and entry_callbacks(on) == []
-    assert entry_callbacks(OmegaConf.create({"follow_load": False})) == []
-    assert block_hook([]) is None
+    before = torch.get_num_threads()
+    monkeypatch.setenv(threads.RUN_PID, "")  # entry_callbacks sets it: restored after the test
+    on = OmegaConf.create({"follow_load": True, "threads": None})
+    try:
+        if thread_invariant_gemm():
+            (follow,) = entry_callbacks(on)
+            assert isinstance(follow, FollowLoad) and block_hook([follow]) == follow.update
+        torch.set_num_threads(1)
+        monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")  # MKL reproducible only at a fixed count
+        assert not thread_invariant_gemm() and entry_callbacks(on) == []
+        assert torch.get_num_threads() == threads.thread_count(None)  # and it set the count
+        assert entry_callbacks(OmegaConf.create({"follow_load": False})) == []
+        assert block_hook([]) is None
+    finally:
+        torch.set_num_threads(before)
     for fn in (train, evaluate, predict):
         assert inspect.signature(fn).parameters["callbacks"].default == ()

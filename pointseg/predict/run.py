@@ -37,7 +37,6 @@ from pointseg.io import (
 from pointseg.io.las import class_codes
 from pointseg.io.las_file import max_class_code
 from pointseg.segmenter import Segmenter
-from pointseg.threads import set_threads
 from pointseg.utils import CONF_DIR
 from pointseg.viz.colors import palette
 
@@ -347,8 +346,7 @@ def _predict_file(
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")
 @guard_task("pointseg-predict", needs_spconv=lambda cfg: cfg.get("runtime") != "onnx")
 def _hydra_main(cfg: DictConfig) -> None:
-    # once, for the run (pointseg/threads.py); FollowLoad lowers it while others are busy
-    set_threads(cfg.get("threads"), follow_load=bool(cfg.get("follow_load", True)))
+    # the thread count, once, for the run (pointseg/threads.py), and FollowLoad
     predict(cfg, callbacks=entry_callbacks(cfg))
 
 

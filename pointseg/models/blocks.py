@@ -48,6 +48,7 @@ class _RowStats(torch.autograd.Function):
         invstd = torch.rsqrt(var + eps)
         xhat.mul_(invstd)
         ctx.save_for_backward(xhat, invstd, weight)
+        ctx.mark_non_differentiable(mean, var)  # for the running statistics only
         return torch.addcmul(bias, xhat, weight), mean, var
 
     @staticmethod
